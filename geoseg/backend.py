@@ -1,0 +1,211 @@
+"""The backend contract: what a model plugin receives and must return.
+
+A backend is small on purpose. The core does all raster I/O, tiling, band selection,
+prompt mapping, blending of overlapping chips, writing and vectorizing. A backend gets
+batches of chips as arrays and returns per-pixel class probabilities; a backend that
+trains gets the chip dataset written by ``geoseg tile`` and an output folder.
+
+Backends are registered through the ``register_backends`` hook (see ``hookspecs.py``),
+the same way for geoseg's own backends and for third parties. ``docs/plugins.md`` walks
+through writing one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from geoseg.classes import ClassMap
+from geoseg.errors import BackendError
+
+if TYPE_CHECKING:
+    from geoseg.dataset import ChipDataset
+    from geoseg.raster import RasterSource
+    from geoseg.windows import Tile
+
+#: Version of this contract. A backend declares the version it was written for in
+#: ``Backend.contract_version``; the plugin manager refuses a mismatch with a clear message.
+CONTRACT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, shown by ``geoseg backends`` and checked by the engine.
+
+    ``classes``: fixed output class names in channel order, or empty when the classes
+    come from the model or the training data. ``bands``: band names the backend reads, in
+    the order it wants them (empty: every band of the source, in file order).
+    """
+
+    binary: bool = False
+    classes: tuple[str, ...] = ()
+    needs_prompts: bool = False
+    trains: bool = False
+    bands: tuple[str, ...] = ()
+    chip_size: int = 512
+
+    def describe(self) -> str:
+        parts = ["binary" if self.binary else "multi-class"]
+        if self.needs_prompts:
+            parts.append("prompts")
+        if self.trains:
+            parts.append("trains")
+        if self.bands:
+            parts.append("bands=" + ",".join(self.bands))
+        parts.append(f"chip={self.chip_size}")
+        return " ".join(parts)
+
+
+@dataclass
+class Prompts:
+    """Prompts for one chip, in pixel coordinates of the chip (x = column, y = row).
+
+    ``points`` (K, 2) float32 x, y of pixel centres; ``labels`` (K,) int64, 1 positive and
+    0 negative; ``boxes`` (M, 4) float32 x0, y0, x1, y1 (inclusive-exclusive pixel edges).
+    """
+
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+
+    def __post_init__(self) -> None:
+        self.points = np.asarray(self.points, dtype=np.float32).reshape(-1, 2)
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        if len(self.points) != len(self.labels):
+            raise ValueError(f"{len(self.points)} points but {len(self.labels)} labels")
+
+    @property
+    def empty(self) -> bool:
+        return not (self.labels == 1).any() and len(self.boxes) == 0
+
+
+@dataclass
+class ChipBatch:
+    """A batch of chips handed to ``Backend.predict``.
+
+    ``images`` (N, B, H, W) float32 holds the raw source values of the bands named in
+    ``band_names`` (invalid and padded pixels hold 0); ``valid`` (N, H, W) bool marks
+    real pixels. ``tiles`` georeference each chip. ``prompts`` is None unless the backend
+    needs prompts; then it holds one ``Prompts`` per chip.
+    """
+
+    images: np.ndarray
+    valid: np.ndarray
+    band_names: tuple[str, ...]
+    tiles: tuple[Tile, ...]
+    prompts: tuple[Prompts, ...] | None = None
+    source: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What ``geoseg train`` passes to ``Backend.train``.
+
+    ``model``: base checkpoint (hub id or folder) or None for the backend's default.
+    ``lr`` None means the backend's default. ``device``: auto, cpu, cuda or mps.
+    """
+
+    output_dir: Path
+    model: str | None = None
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float | None = None
+    device: str = "auto"
+    resume: bool = False
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """Options of a backend that takes none."""
+
+
+class Backend:
+    """Base class of every backend. Subclass it and register the subclass.
+
+    Lifetime for prediction: ``Backend(options)``, ``load(model, device)`` once, then per
+    raster ``begin_raster(source)`` followed by ``predict(batch)`` for each batch.
+    """
+
+    #: Short unique name used on the command line (``--backend NAME``).
+    name: ClassVar[str] = ""
+    #: One line for ``geoseg backends``.
+    description: ClassVar[str] = ""
+    #: The contract version the backend was written for.
+    contract_version: ClassVar[int] = CONTRACT_VERSION
+    #: A dataclass of the backend's options, validated in its ``__post_init__``; filled
+    #: from ``--option key=value`` pairs and ``--config`` files.
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    @classmethod
+    def capabilities(cls) -> Capabilities:
+        """Static capabilities of the backend."""
+        return Capabilities()
+
+    def load(self, model: str | None, device: str = "auto") -> None:
+        """Load weights from a hub id or local folder (None: the backend's default).
+
+        Raise ``WeightsError`` with one line saying how to get missing weights.
+        """
+
+    def classes(self) -> ClassMap:
+        """Output classes, in the channel order of ``predict``'s result. Valid after load."""
+        names = self.capabilities().classes
+        if not names:
+            raise NotImplementedError(f"backend {self.name} must implement classes()")
+        return ClassMap.from_names(names)
+
+    def prompt_settings(self) -> Mapping[str, Any] | None:
+        """Settings for automatic prompts (``--prompts auto``), or None for defaults.
+
+        Keys are the keyword arguments of ``geoseg.prompts.PromptSettings``.
+        """
+        return None
+
+    def begin_raster(self, source: RasterSource) -> None:
+        """Called before the chips of one raster; compute whole-raster statistics here."""
+
+    def predict(self, batch: ChipBatch) -> np.ndarray:
+        """Class probabilities (N, C, H, W) float32 for a batch; C = ``len(classes())``."""
+        raise NotImplementedError
+
+    def train(self, dataset: ChipDataset, settings: TrainSettings) -> Path:
+        """Train on a chip dataset and save the model in ``settings.output_dir``.
+
+        Returns the folder holding the model. Backends that do not train keep this default.
+        """
+        raise BackendError(
+            f"backend {self.name!r} does not train; pick a backend whose capabilities "
+            f"include 'trains' (see geoseg backends)"
+        )
+
+
+def resolve_device(name: str = "auto") -> str:
+    """A torch device name for ``auto``, ``cpu``, ``cuda`` or ``mps``."""
+    import torch
+
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise BackendError("--device mps was asked for but MPS is not available; use --device cpu")
+    if name not in {"cpu", "mps"} and not name.startswith("cuda"):
+        raise BackendError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
+    return name

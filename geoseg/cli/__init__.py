@@ -1,0 +1,85 @@
+"""The ``geoseg`` command line.
+
+Commands live one per module and are imported only when run, so ``geoseg tile`` never
+pays for importing torch. Library errors (``GeosegError``) become one line on stderr and
+exit code 2; anything else is a bug and keeps its traceback (exit code 1).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+
+import click
+
+from geoseg import __version__
+from geoseg.errors import GeosegError
+
+#: command name -> "module:function" under geoseg.cli
+COMMANDS = {
+    "tile": "geoseg.cli.tile:tile",
+    "reproject": "geoseg.cli.reproject:reproject",
+    "index": "geoseg.cli.index:index",
+    "prompts": "geoseg.cli.prompts:prompts",
+    "predict": "geoseg.cli.predict:predict",
+    "train": "geoseg.cli.train:train",
+    "evaluate": "geoseg.cli.evaluate:evaluate",
+    "vectorize": "geoseg.cli.vectorize:vectorize",
+    "backends": "geoseg.cli.backends:backends",
+}
+
+
+class UserError(click.ClickException):
+    """A ``GeosegError`` on its way to stderr: one line, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"geoseg: error: {self.format_message()}", err=True, file=file)
+
+
+class GeosegGroup(click.Group):
+    """Loads command modules lazily and turns library errors into user errors."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        available = []
+        for name, target in COMMANDS.items():
+            module = target.split(":")[0]
+            if importlib.util.find_spec(module) is not None:
+                available.append(name)
+        return sorted(available)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        if importlib.util.find_spec(module_name) is None:
+            return None
+        return getattr(importlib.import_module(module_name), attr)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except GeosegError as exc:
+            raise UserError(str(exc)) from None
+
+
+@click.group(cls=GeosegGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="geoseg")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """Turn orthoimagery and satellite rasters into georeferenced water and land-cover masks."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="geoseg: %(levelname)s: %(message)s")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="geoseg")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Options shared by several commands, defined once."""
+
+from __future__ import annotations
+
+import click
+from tqdm import tqdm
+
+
+def bands_option(f):
+    return click.option(
+        "--bands",
+        metavar="PRESET|MAP",
+        default=None,
+        help="Band names: a preset (naip, sentinel2, landsat8, rgb) or NAME=INDEX pairs, "
+        "e.g. red=1,green=2,blue=3,nir=4. Default: from the file's band descriptions.",
+    )(f)
+
+
+def size_option(default: str | None = "512"):
+    return click.option(
+        "--size",
+        default=default,
+        show_default=default is not None,
+        metavar="PX|METRES",
+        help="Chip size in pixels, or in metres with an m suffix (e.g. 2560m).",
+    )
+
+
+def overlap_option(default: str = "64"):
+    return click.option(
+        "--overlap",
+        default=default,
+        show_default=True,
+        metavar="PX|METRES",
+        help="Overlap between neighbouring chips, in pixels or metres (m suffix).",
+    )
+
+
+dst_crs_option = click.option(
+    "--dst-crs", default=None, metavar="CRS", help="Output CRS, e.g. EPSG:32718."
+)
+resolution_option = click.option(
+    "--resolution",
+    type=float,
+    default=None,
+    metavar="R",
+    help="Output pixel size in units of the output CRS.",
+)
+overwrite_option = click.option(
+    "--overwrite", is_flag=True, help="Redo outputs that already exist instead of skipping them."
+)
+seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+
+
+def progress_bar(total: int | None, desc: str, *, quiet: bool = False, unit: str = "chip"):
+    """A progress bar on stderr (the library reports progress through callbacks)."""
+    return tqdm(total=total, desc=desc, unit=unit, disable=quiet, leave=True, dynamic_ncols=True)

@@ -1,0 +1,308 @@
+"""Open GeoTIFFs with named bands and read them window by window.
+
+``RasterSource`` is how every part of geoseg reads imagery: 1 to N bands of uint8,
+uint16, int16 or float32, a nodata value or an internal mask, any CRS. Reading is always
+windowed, so memory is bounded by the window, never by the raster. With ``dst_crs`` or
+``resolution`` the source is warped on the fly (a GDAL warped VRT), still window by window.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import CRSError, RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import calculate_default_transform
+from rasterio.windows import Window
+
+from geoseg.bands import BandMap, band_map
+from geoseg.errors import InputFileError, MissingCRSError, OptionError
+from geoseg.windows import Tile
+
+RESAMPLING = {
+    "nearest": Resampling.nearest,
+    "bilinear": Resampling.bilinear,
+    "cubic": Resampling.cubic,
+    "average": Resampling.average,
+    "mode": Resampling.mode,
+    "lanczos": Resampling.lanczos,
+}
+
+
+def resampling_method(name: str | Resampling) -> Resampling:
+    if isinstance(name, Resampling):
+        return name
+    try:
+        return RESAMPLING[name.lower()]
+    except KeyError:
+        raise OptionError(
+            f"unknown resampling {name!r}; use one of {', '.join(RESAMPLING)}"
+        ) from None
+
+
+def parse_crs(value: str | CRS | None, *, what: str = "--dst-crs") -> CRS | None:
+    """A CRS from ``EPSG:32718``, a bare EPSG code, WKT or PROJ text."""
+    if value is None or isinstance(value, CRS):
+        return value
+    text = str(value).strip()
+    if text.isdigit():
+        text = f"EPSG:{text}"
+    try:
+        return CRS.from_user_input(text)
+    except CRSError:
+        raise OptionError(
+            f"{what} {value!r} is not a CRS geoseg understands; use e.g. EPSG:32718"
+        ) from None
+
+
+def check_readable(path: str | Path, *, what: str = "raster") -> Path:
+    """The path, or an ``InputFileError`` saying why it cannot be read."""
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise InputFileError(f"{path}: is a folder, expected a {what} file")
+    if not os.access(path, os.R_OK):
+        raise InputFileError(f"{path}: permission denied; make the file readable")
+    return path
+
+
+@dataclass(frozen=True)
+class Chip:
+    """Pixels of one tile: ``data`` (bands, rows, cols) and ``valid`` (rows, cols) bool."""
+
+    data: np.ndarray
+    valid: np.ndarray
+    tile: Tile
+
+    @property
+    def valid_fraction(self) -> float:
+        return float(self.valid.mean()) if self.valid.size else 0.0
+
+
+class RasterSource:
+    """An open raster with a name for every band, read window by window.
+
+    Use as a context manager, or call ``close()``. ``crs``, ``transform``, ``width`` and
+    ``height`` describe the grid that is read: the file's own, or the warped grid when
+    ``dst_crs`` or ``resolution`` are given.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        bands: str | BandMap | dict[str, int] | None = None,
+        *,
+        dst_crs: str | CRS | None = None,
+        resolution: float | None = None,
+        resampling: str | Resampling = "bilinear",
+        require_crs: bool = True,
+    ) -> None:
+        self.path = check_readable(path)
+        try:
+            self._file = rasterio.open(self.path)
+        except RasterioIOError as exc:
+            raise InputFileError(
+                f"{self.path}: not a raster geoseg can read ({_gdal_reason(exc)}); "
+                f"give a GeoTIFF or another GDAL raster"
+            ) from None
+        try:
+            if require_crs and self._file.crs is None:
+                raise MissingCRSError(
+                    f"{self.path}: raster has no CRS; assign one first, e.g. "
+                    f"gdal_edit.py -a_srs EPSG:32614 {self.path.name}"
+                )
+            self.band_map = band_map(
+                bands,
+                self._file.count,
+                descriptions=self._file.descriptions,
+                colorinterp=[c.name for c in self._file.colorinterp],
+                source=str(self.path),
+            )
+            self._alpha = False
+            self.dataset = self._file
+            target_crs = parse_crs(dst_crs)
+            if target_crs is not None or resolution is not None:
+                self.dataset = self._warped(target_crs or self._file.crs, resolution, resampling)
+        except BaseException:
+            self._file.close()
+            raise
+        flags = self.dataset.mask_flag_enums[0] if self.dataset.count else []
+        self._masked = MaskFlags.per_dataset in flags or MaskFlags.alpha in flags
+        self._nodata = self.dataset.nodata
+
+    def _warped(self, crs: CRS, resolution: float | None, resampling) -> WarpedVRT:
+        src = self._file
+        if resolution is not None and resolution <= 0:
+            raise OptionError(f"--resolution must be positive, got {resolution}")
+        transform, width, height = calculate_default_transform(
+            src.crs, crs, src.width, src.height, *src.bounds,
+            resolution=resolution,
+        )
+        options = dict(
+            crs=crs,
+            transform=transform,
+            width=width,
+            height=height,
+            resampling=resampling_method(resampling),
+        )
+        if src.nodata is None and MaskFlags.per_dataset not in src.mask_flag_enums[0]:
+            # Without nodata, pixels outside the source would read as valid zeros.
+            options["add_alpha"] = True
+            self._alpha = True
+        return WarpedVRT(src, **options)
+
+    # Grid -------------------------------------------------------------------------------
+
+    @property
+    def crs(self) -> CRS | None:
+        return self.dataset.crs
+
+    @property
+    def transform(self) -> Affine:
+        return self.dataset.transform
+
+    @property
+    def width(self) -> int:
+        return self.dataset.width
+
+    @property
+    def height(self) -> int:
+        return self.dataset.height
+
+    @property
+    def count(self) -> int:
+        return self.band_map.count
+
+    @property
+    def res(self) -> tuple[float, float]:
+        return (abs(self.transform.a), abs(self.transform.e))
+
+    @property
+    def bounds(self):
+        return self.dataset.bounds
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.dataset.dtypes[0])
+
+    @property
+    def nodata(self) -> float | None:
+        return self._nodata
+
+    @property
+    def fill_value(self) -> float:
+        """The value that pads chips past the raster edge and fills invalid pixels."""
+        return 0 if self._nodata is None else self._nodata
+
+    @property
+    def band_names(self) -> tuple[str, ...]:
+        return self.band_map.names
+
+    def profile(self, **overrides) -> dict:
+        """A GeoTIFF profile for writing rasters on this grid with these bands."""
+        profile = dict(
+            driver="GTiff",
+            dtype=self.dtype.name,
+            count=self.count,
+            crs=self.crs,
+            transform=self.transform,
+            width=self.width,
+            height=self.height,
+            nodata=self._nodata,
+        )
+        profile.update(overrides)
+        return profile
+
+    # Reading ----------------------------------------------------------------------------
+
+    def _inner(self, window: Window) -> tuple[Window, tuple[slice, slice]] | None:
+        """The part of ``window`` inside the raster, and where it sits in the window."""
+        col0, row0 = int(window.col_off), int(window.row_off)
+        width, height = int(window.width), int(window.height)
+        c0, r0 = max(col0, 0), max(row0, 0)
+        c1, r1 = min(col0 + width, self.width), min(row0 + height, self.height)
+        if c1 <= c0 or r1 <= r0:
+            return None
+        inner = Window(c0, r0, c1 - c0, r1 - r0)
+        return inner, (slice(r0 - row0, r1 - row0), slice(c0 - col0, c1 - col0))
+
+    def read(
+        self, window: Window, names: tuple[str, ...] | list[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels and valid mask of ``window``, which may reach past the raster edge.
+
+        Returns ``data`` (bands, rows, cols) in the source dtype, padded with the fill value
+        past the edge, and ``valid`` (rows, cols) bool: False for nodata, masked or padded
+        pixels. ``names`` selects bands by name, in that order (default all bands).
+        """
+        indexes = (
+            list(range(1, self.count + 1))
+            if names is None
+            else self.band_map.indexes(names, source=str(self.path))
+        )
+        shape = (int(window.height), int(window.width))
+        data = np.full((len(indexes), *shape), self.fill_value, dtype=self.dtype)
+        valid = np.zeros(shape, dtype=bool)
+        found = self._inner(window)
+        if found is None:
+            return data, valid
+        inner, (rows, cols) = found
+        block = self.dataset.read(indexes, window=inner)
+        data[:, rows, cols] = block
+        valid[rows, cols] = self._valid(block, inner)
+        return data, valid
+
+    def read_valid(self, window: Window) -> np.ndarray:
+        """The valid mask of ``window`` alone (rows, cols) bool."""
+        return self.read(window)[1]
+
+    def _valid(self, block: np.ndarray, window: Window) -> np.ndarray:
+        if self._masked or self._alpha:
+            return self.dataset.dataset_mask(window=window) > 0
+        valid = np.ones(block.shape[1:], dtype=bool)
+        if block.dtype.kind == "f":
+            valid &= ~np.all(np.isnan(block), axis=0)
+        if self._nodata is not None and not np.isnan(self._nodata):
+            valid &= ~np.all(block == self._nodata, axis=0)
+        return valid
+
+    def read_chip(self, tile: Tile, names: tuple[str, ...] | list[str] | None = None) -> Chip:
+        data, valid = self.read(tile.window, names)
+        return Chip(data, valid, tile)
+
+    # Lifetime ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.dataset is not self._file:
+            self.dataset.close()
+        self._file.close()
+
+    def __enter__(self) -> RasterSource:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"RasterSource({str(self.path)!r}, bands={list(self.band_names)}, "
+            f"crs={self.crs.to_string() if self.crs else None}, size={self.width}x{self.height})"
+        )
+
+
+def open_raster(path: str | Path, bands=None, **kwargs) -> RasterSource:
+    """Open a raster for windowed reading; see ``RasterSource`` for the arguments."""
+    return RasterSource(path, bands, **kwargs)
+
+
+def _gdal_reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.split(": ", 1)[-1] if text.startswith(("/", ".")) else text
