@@ -119,3 +119,105 @@ def invoke(runner):
 
 def requires_samples():
     return pytest.mark.skipif(not NAIP.exists(), reason="../shared/data samples not present")
+
+
+# --- Backends for core tests ------------------------------------------------------------
+# ``register_backend(*classes)`` registers Backend subclasses with geoseg's plugin manager
+# for one test, the way an installed plugin's register_backends hook would, and unregisters
+# them afterwards. ``fake_backend`` is a ready-made pointwise binary backend named "fake".
+
+
+def _fake_backend_class():
+    from dataclasses import dataclass
+
+    from geoseg.backend import Backend, Capabilities
+
+    @dataclass(frozen=True)
+    class FakeOptions:
+        """``threshold``/``scale`` in source units of the first band of the batch."""
+
+        threshold: float = 2048.0
+        scale: float = 256.0
+
+        def __post_init__(self) -> None:
+            if self.scale <= 0:
+                raise ValueError(f"scale must be > 0, got {self.scale}")
+
+    class FakeBackend(Backend):
+        """Pointwise binary backend: P(water) = sigmoid((band0 - threshold) / scale).
+
+        Records what the engine handed it: ``rasters`` (one path per begin_raster call),
+        ``batch_sizes`` (chips per predict call), ``loaded`` ((model, device) of load).
+        """
+
+        name = "fake"
+        description = "Test backend: water where the first band exceeds a threshold"
+        Options = FakeOptions
+
+        def __init__(self, options=None) -> None:
+            super().__init__(options)
+            self.rasters: list = []
+            self.batch_sizes: list[int] = []
+            self.loaded = None
+
+        @classmethod
+        def capabilities(cls) -> Capabilities:
+            return Capabilities(binary=True, classes=("background", "water"), chip_size=64)
+
+        def load(self, model, device="auto") -> None:
+            self.loaded = (model, device)
+
+        def begin_raster(self, source) -> None:
+            self.rasters.append(getattr(source, "path", source))
+
+        def predict(self, batch):
+            self.batch_sizes.append(len(batch))
+            first = batch.images[:, 0].astype(np.float64)
+            water = 1.0 / (1.0 + np.exp(-(first - self.options.threshold) / self.options.scale))
+            return np.stack([1.0 - water, water], axis=1).astype(np.float32)
+
+    return FakeBackend
+
+
+@pytest.fixture
+def register_backend():
+    """Factory: ``register_backend(BackendCls, ..., name="plugin-name")`` -> plugin name.
+
+    Registers the classes through a real ``register_backends`` hookimpl on the process-wide
+    plugin manager; every plugin registered this way is unregistered after the test.
+    """
+    import types
+
+    from geoseg.hookspecs import hookimpl
+    from geoseg.plugins import get_plugin_manager
+
+    registered = []
+
+    def register(*classes, name: str | None = None) -> str:
+        @hookimpl
+        def register_backends(register):
+            for cls in classes:
+                register(cls)
+
+        plugin_name = name or "test-" + "-".join(cls.name or cls.__name__ for cls in classes)
+        pm = get_plugin_manager()
+        pm.register(types.SimpleNamespace(register_backends=register_backends), name=plugin_name)
+        registered.append((pm, plugin_name))
+        return plugin_name
+
+    yield register
+    for pm, plugin_name in registered:
+        if pm.has_plugin(plugin_name):
+            pm.unregister(name=plugin_name)
+
+
+@pytest.fixture
+def fake_backend(register_backend):
+    """The ``FakeBackend`` class, registered as backend "fake" for this test.
+
+    ``create_backend("fake", ["threshold=100"])`` or ``--backend fake --option
+    threshold=100`` both work while the test runs.
+    """
+    cls = _fake_backend_class()
+    register_backend(cls, name="test-fake-backend")
+    return cls

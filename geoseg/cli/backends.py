@@ -1,0 +1,144 @@
+"""``geoseg backends``: the installed backends, their capabilities, and broken plugins."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from typing import Any
+
+import click
+
+from geoseg.backend import Backend
+
+
+@click.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def backends(name: str | None, as_json: bool) -> None:
+    """List installed backends (or show one with its options) and any broken plugins.
+
+    Plugins load from the 'geoseg' entry-point group; GEOSEG_PLUGINS=a,b loads only
+    the named ones.
+    """
+    from geoseg import plugins
+
+    infos = plugins.backend_infos()
+    broken = plugins.broken_plugins()
+    if name is not None:
+        infos = {name: plugins.backend_info(name)}
+        broken = []
+    records = [_backend_record(info) for info in infos.values()]
+    broken_records = [dataclasses.asdict(plugin) for plugin in broken]
+
+    if as_json:
+        click.echo(json.dumps({"backends": records, "broken": broken_records}, indent=2))
+        return
+    if name is not None:
+        _echo_details(records[0])
+        return
+    if records:
+        _echo_table(records)
+    else:
+        restricted = os.environ.get(plugins.PLUGINS_ENV)
+        click.echo(
+            "no backends installed; install one, e.g. pip install geoseg-spectral"
+            + (
+                f" ({plugins.PLUGINS_ENV}={restricted!r} restricts which plugins load)"
+                if restricted is not None
+                else ""
+            )
+        )
+    if broken_records:
+        click.echo("")
+        click.echo("broken plugins:")
+        for plugin in broken_records:
+            origin = " ".join(p for p in (plugin["distribution"], plugin["version"]) if p)
+            click.echo(
+                f"  {plugin['name']}" + (f" ({origin})" if origin else "") + f": {plugin['error']}"
+            )
+
+
+def _backend_record(info: Any) -> dict[str, Any]:
+    cls: type[Backend] = info.backend
+    capabilities = cls.capabilities()
+    return {
+        "name": info.name,
+        "version": info.version or getattr(cls, "version", None),
+        "distribution": info.distribution,
+        "plugin": info.plugin,
+        "description": cls.description,
+        "contract_version": cls.contract_version,
+        "capabilities": {
+            **dataclasses.asdict(capabilities),
+            "summary": capabilities.describe(),
+        },
+        "options": _options_record(cls.Options),
+    }
+
+
+def _options_record(options_cls: type) -> list[dict[str, Any]]:
+    if not dataclasses.is_dataclass(options_cls):
+        return []
+    hints = typing.get_type_hints(options_cls)
+    records = []
+    for field in dataclasses.fields(options_cls):
+        if not field.init:
+            continue
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            default = None
+        records.append(
+            {
+                "name": field.name,
+                "type": _type_name(hints.get(field.name, Any)),
+                "default": default
+                if isinstance(default, (str, int, float, bool, type(None)))
+                else repr(default),
+            }
+        )
+    return records
+
+
+def _type_name(hint: Any) -> str:
+    text = getattr(hint, "__name__", None) if not typing.get_args(hint) else None
+    return text or str(hint).replace("typing.", "")
+
+
+def _echo_table(records: list[dict[str, Any]]) -> None:
+    header = ("NAME", "VERSION", "DISTRIBUTION", "CAPABILITIES", "DESCRIPTION")
+    rows = [
+        (
+            r["name"],
+            r["version"] or "-",
+            r["distribution"] or "-",
+            r["capabilities"]["summary"],
+            r["description"] or "",
+        )
+        for r in records
+    ]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        cells = [str(cell).ljust(width) for cell, width in zip(row, widths, strict=False)]
+        click.echo("  ".join([*cells, row[-1]]).rstrip())
+
+
+def _echo_details(record: dict[str, Any]) -> None:
+    origin = " ".join(p for p in (record["distribution"], record["version"]) if p) or "-"
+    click.echo(f"{record['name']}: {record['description']}")
+    click.echo(f"  provided by: {origin} (plugin {record['plugin']!r})")
+    click.echo(f"  contract: v{record['contract_version']}")
+    click.echo(f"  capabilities: {record['capabilities']['summary']}")
+    classes = record["capabilities"]["classes"]
+    if classes:
+        click.echo(f"  classes: {', '.join(classes)}")
+    if record["options"]:
+        click.echo("  options (--option KEY=VALUE or --config FILE):")
+        for option in record["options"]:
+            click.echo(f"    {option['name']}: {option['type']} = {option['default']!r}")
+    else:
+        click.echo("  options: none")
