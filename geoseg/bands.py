@@ -166,9 +166,12 @@ def band_map(
         return parse_band_spec(spec, count, source=source)
 
     described = [(d or "").strip().lower() for d in descriptions]
-    if len(described) == count and all(d in KNOWN_BAND_NAMES for d in described):
-        if len(set(described)) == count:
-            return BandMap(tuple(described))
+    if (
+        len(described) == count
+        and all(d in KNOWN_BAND_NAMES for d in described)
+        and len(set(described)) == count
+    ):
+        return BandMap(tuple(described))
     interp = [_COLORINTERP_NAMES.get(str(c).lower().split(".")[-1]) for c in colorinterp]
     if len(interp) == count and count >= 3 and interp[:3] == ["red", "green", "blue"]:
         names = ["red", "green", "blue"] + [f"band{i}" for i in range(4, count + 1)]

@@ -61,8 +61,13 @@ class GeosegGroup(click.Group):
         return getattr(importlib.import_module(module_name), attr)
 
     def invoke(self, ctx: click.Context):
+        import rasterio
+
         try:
-            return super().invoke(ctx)
+            # Inside an Env, GDAL's messages go to the "rasterio" logger instead of
+            # straight to stderr, so -v decides whether a user sees them.
+            with rasterio.Env():
+                return super().invoke(ctx)
         except GeosegError as exc:
             raise UserError(str(exc)) from None
 
@@ -74,6 +79,8 @@ def cli(verbose: int) -> None:
     """Turn orthoimagery and satellite rasters into georeferenced water and land-cover masks."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="geoseg: %(levelname)s: %(message)s")
+    # GDAL warnings about harmless TIFF quirks are noise unless asked for.
+    logging.getLogger("rasterio").setLevel(logging.ERROR if verbose == 0 else level)
 
 
 def main() -> None:

@@ -56,3 +56,36 @@ quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar
 def progress_bar(total: int | None, desc: str, *, quiet: bool = False, unit: str = "chip"):
     """A progress bar on stderr (the library reports progress through callbacks)."""
     return tqdm(total=total, desc=desc, unit=unit, disable=quiet, leave=True, dynamic_ncols=True)
+
+
+class Progress:
+    """A progress bar that appears once the library says how much work there is.
+
+    Pass ``start`` as the library's ``on_start`` callback and ``update`` as ``progress``.
+    """
+
+    def __init__(self, desc: str, *, quiet: bool = False, unit: str = "chip") -> None:
+        self.desc, self.quiet, self.unit = desc, quiet, unit
+        self.bar = None
+
+    def start(self, total: int | None) -> None:
+        if self.bar is None:
+            self.bar = progress_bar(total, self.desc, quiet=self.quiet, unit=self.unit)
+        else:
+            self.bar.total = total
+            self.bar.refresh()
+
+    def update(self, n: int = 1) -> None:
+        if self.bar is None:
+            self.start(None)
+        self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -1,0 +1,89 @@
+"""``geoseg tile``: cut rasters and their labels into a georeferenced chip dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from geoseg.cli.options import (
+    Progress,
+    bands_option,
+    dst_crs_option,
+    overlap_option,
+    overwrite_option,
+    quiet_option,
+    resolution_option,
+    seed_option,
+    size_option,
+)
+
+
+@click.command(short_help="Cut rasters (and labels) into georeferenced chips.")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Output folder (images/, labels/, tiles.gpkg, dataset.json).")
+@size_option()
+@overlap_option()
+@bands_option
+@click.option("--labels", type=click.Path(path_type=Path), default=None,
+              help="Class raster or vector file (GeoPackage, GeoJSON, Shapefile), any CRS.")
+@click.option("--label-field", default=None, metavar="NAME",
+              help="Vector field holding class ids or names (default: class, class_id, label).")
+@click.option("--classes", type=click.Path(path_type=Path), default=None,
+              help="Classes JSON: [{\"id\": 1, \"name\": \"water\", \"color\": \"#1f78b4\"}, ...].")
+@click.option("--unlabeled", type=click.Choice(["background", "ignore"]), default="background",
+              show_default=True, help="Vector labels: class of pixels outside every polygon.")
+@dst_crs_option
+@resolution_option
+@click.option("--resampling", default="bilinear", show_default=True,
+              type=click.Choice(["nearest", "bilinear", "cubic", "average"]),
+              help="Resampling of the imagery with --dst-crs/--resolution (labels: nearest).")
+@click.option("--min-valid", type=float, default=0.0, show_default=True,
+              help="Skip chips with a smaller fraction of valid pixels (0..1).")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True,
+              help="Fraction of chips (or blocks) drawn for the val split.")
+@click.option("--split", type=click.Choice(["random", "blocks"]), default="random",
+              show_default=True, help="Draw val per chip, or per block of chips (less leakage).")
+@click.option("--block", type=int, default=4, show_default=True,
+              help="With --split blocks: block side in chips.")
+@seed_option
+@overwrite_option
+@quiet_option
+def tile(sources, out_dir, size, overlap, bands, labels, label_field, classes, unlabeled,
+         dst_crs, resolution, resampling, min_valid, val_fraction, split, block, seed,
+         overwrite, quiet):
+    """Cut SOURCES into chips in OUTPUT, with labels and train/val splits.
+
+    Chips keep the source CRS, dtype, bands, band names and nodata (or take the --dst-crs
+    grid). Re-running the same command skips chips that are complete.
+
+    \b
+    Example:
+      geoseg tile naip.tif -o chips --bands naip --size 256 --labels lakes.gpkg
+    """
+    from geoseg.tiling import TileSettings, tile_sources
+
+    settings = TileSettings(
+        size=size, overlap=overlap, bands=bands, dst_crs=dst_crs, resolution=resolution,
+        resampling=resampling, labels=labels, label_field=label_field, classes=classes,
+        unlabeled=unlabeled, min_valid=min_valid, val_fraction=val_fraction, split=split,
+        block=block, seed=seed, overwrite=overwrite,
+    )
+    with Progress("tiling", quiet=quiet) as bar:
+        summary = tile_sources(
+            list(sources), out_dir, settings, on_start=bar.start, progress=bar.update
+        )
+    counts = f"{len(summary.chips)} chips in {summary.out_dir / 'images'}"
+    details = []
+    if summary.reused:
+        details.append(f"{summary.reused} already complete")
+    if summary.below_min_valid:
+        details.append(f"{summary.below_min_valid} skipped below --min-valid")
+    if details:
+        counts += f" ({', '.join(details)})"
+    click.echo(counts)
+    if labels is not None:
+        click.echo(f"labels: {summary.out_dir / 'labels'}")
+    click.echo(f"footprints: {summary.tiles_file}")
+    click.echo(f"dataset: {summary.dataset_file}")

@@ -1,0 +1,220 @@
+"""Labels brought onto a raster's grid, chip by chip.
+
+A label source is a class raster (any CRS and resolution: warped onto the grid with
+nearest resampling) or a vector file (GeoPackage, GeoJSON, Shapefile, any CRS:
+reprojected, then rasterized). Either way ``for_tile(tile)`` returns uint8 class ids on
+exactly the tile's pixels, 255 where nothing is known.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+
+from geoseg.classes import IGNORE_INDEX, WATER, ClassMap
+from geoseg.errors import ClassError, InputFileError, LabelsError, MissingCRSError
+from geoseg.raster import check_readable
+from geoseg.windows import Tile
+
+VECTOR_SUFFIXES = {".gpkg", ".geojson", ".json", ".shp", ".fgb", ".gml", ".kml", ".parquet"}
+
+#: Fields tried, in order, when ``--label-field`` is not given.
+DEFAULT_FIELDS = ("class", "class_id", "label", "classname", "class_name")
+
+
+def is_vector(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in VECTOR_SUFFIXES
+
+
+class RasterLabels:
+    """A class raster warped (nearest) onto a target grid, read a tile at a time."""
+
+    def __init__(self, path: Path, grid, classes: ClassMap | None = None) -> None:
+        self.path = check_readable(path, what="labels")
+        try:
+            self._src = rasterio.open(self.path)
+        except RasterioIOError as exc:
+            raise InputFileError(f"{self.path}: not a raster or vector file geoseg can read ({exc})") from None
+        if self._src.crs is None:
+            self._src.close()
+            raise MissingCRSError(
+                f"{self.path}: label raster has no CRS; assign one first "
+                f"(gdal_edit.py -a_srs EPSG:XXXX {self.path.name})"
+            )
+        _check_overlap(self.path, self._src.crs, self._src.bounds, grid)
+        self._vrt = WarpedVRT(
+            self._src,
+            crs=grid.crs,
+            transform=grid.transform,
+            width=grid.width,
+            height=grid.height,
+            resampling=Resampling.nearest,
+            src_nodata=self._src.nodata,
+            nodata=IGNORE_INDEX,
+        )
+        self._grid = grid
+        self.classes = classes
+
+    def for_tile(self, tile: Tile) -> np.ndarray:
+        labels = np.full(tile.shape, IGNORE_INDEX, dtype=np.uint8)
+        col0, row0 = int(tile.window.col_off), int(tile.window.row_off)
+        c0, r0 = max(col0, 0), max(row0, 0)
+        c1 = min(col0 + tile.width, self._grid.width)
+        r1 = min(row0 + tile.height, self._grid.height)
+        if c1 <= c0 or r1 <= r0:
+            return labels
+        window = rasterio.windows.Window(c0, r0, c1 - c0, r1 - r0)
+        values = self._vrt.read(1, window=window)
+        bad = (values > IGNORE_INDEX) | (values < 0)
+        if bad.any():
+            raise LabelsError(
+                f"{self.path}: class id {int(values[bad][0])} is outside 0..254 "
+                f"(255 means ignore); recode the label raster to uint8 class ids"
+            )
+        labels[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0] = values.astype(np.uint8)
+        return labels
+
+    def close(self) -> None:
+        self._vrt.close()
+        self._src.close()
+
+
+class VectorLabels:
+    """Polygons reprojected to a grid's CRS and rasterized a tile at a time."""
+
+    def __init__(
+        self,
+        path: Path,
+        grid,
+        *,
+        field: str | None = None,
+        classes: ClassMap | None = None,
+        unlabeled: str = "background",
+    ) -> None:
+        import geopandas as gpd
+
+        self.path = check_readable(path, what="labels")
+        try:
+            import pyogrio
+
+            info = pyogrio.read_info(self.path)
+        except Exception as exc:  # pyogrio raises its own DataSourceError family
+            raise InputFileError(f"{self.path}: not a vector file geoseg can read ({exc})") from None
+        if not info.get("crs"):
+            raise MissingCRSError(
+                f"{self.path}: vector labels have no CRS; assign one in QGIS or with "
+                f"ogr2ogr -a_srs EPSG:XXXX"
+            )
+        file_crs = rasterio.crs.CRS.from_user_input(info["crs"])
+        bbox = transform_bounds(grid.crs, file_crs, *_grid_bounds(grid), densify_pts=21)
+        frame = gpd.read_file(self.path, engine="pyogrio", bbox=bbox)
+        frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
+        if frame.empty:
+            raise LabelsError(
+                f"{self.path}: no label features overlap the raster; check that the labels "
+                f"cover the same area (their CRS is {file_crs.to_string()})"
+            )
+        frame = frame.to_crs(grid.crs)
+        self.classes, values = _class_values(self.path, frame, field, classes)
+        self._geometries = frame.geometry.values
+        self._values = values
+        self._sindex = frame.sindex
+        self._fill = 0 if unlabeled == "background" else IGNORE_INDEX
+        if unlabeled == "background" and 0 not in self.classes.ids:
+            raise ClassError(
+                f"{self.path}: pixels outside the polygons are background (class 0), but the "
+                f"classes have no id 0; add it or pass --unlabeled ignore"
+            )
+
+    def for_tile(self, tile: Tile) -> np.ndarray:
+        from rasterio.features import rasterize
+        from shapely.geometry import box
+
+        hits = self._sindex.query(box(*tile.bounds), predicate="intersects")
+        if len(hits) == 0:
+            return np.full(tile.shape, self._fill, dtype=np.uint8)
+        hits.sort()  # later features paint over earlier ones, as in the file
+        shapes = zip(self._geometries[hits], self._values[hits], strict=True)
+        return rasterize(
+            shapes, out_shape=tile.shape, transform=tile.transform, fill=self._fill, dtype="uint8"
+        )
+
+    def close(self) -> None:
+        pass
+
+
+def _class_values(
+    path: Path, frame, field: str | None, classes: ClassMap | None
+) -> tuple[ClassMap, np.ndarray]:
+    """The classes of a vector label file and one uint8 class id per feature."""
+    columns = [c for c in frame.columns if c != frame.geometry.name]
+    if field is None:
+        field = next((c for c in DEFAULT_FIELDS if c in columns), None)
+    if field is None:
+        # Bare polygons: every feature is the one foreground class.
+        classes = classes or WATER
+        foreground = [c for c in classes if c.id != 0]
+        if len(foreground) != 1:
+            raise LabelsError(
+                f"{path}: features have no class field; pass --label-field (fields: "
+                f"{', '.join(columns) or 'none'})"
+            )
+        return classes, np.full(len(frame), foreground[0].id, dtype=np.uint8)
+    if field not in columns:
+        raise LabelsError(
+            f"{path}: no field {field!r}; pass --label-field with one of: {', '.join(columns) or 'none'}"
+        )
+    column = frame[field]
+    if column.isna().any():
+        raise LabelsError(f"{path}: {int(column.isna().sum())} feature(s) have no value in {field!r}")
+    if column.dtype.kind in "iuf":
+        ids = column.to_numpy()
+        if (ids != np.round(ids)).any() or (ids < 0).any() or (ids > 254).any():
+            raise LabelsError(
+                f"{path}: field {field!r} must hold whole class ids 0..254 or class names"
+            )
+        ids = ids.astype(np.uint8)
+        return (classes.with_ids(ids) if classes else ClassMap.from_ids([0, *ids])), ids
+    names = column.astype(str)
+    if classes is None:
+        found = sorted(set(names) - {"background"})
+        classes = ClassMap.from_names(["background", *found])
+    lookup = {name: classes.id_of(name, source=f"{path} field {field!r}") for name in set(names)}
+    return classes, names.map(lookup).to_numpy(dtype=np.uint8)
+
+
+def _grid_bounds(grid) -> tuple[float, float, float, float]:
+    from rasterio.transform import array_bounds
+
+    return array_bounds(grid.height, grid.width, grid.transform)
+
+
+def _check_overlap(path: Path, crs, bounds, grid) -> None:
+    left, bottom, right, top = transform_bounds(crs, grid.crs, *bounds, densify_pts=21)
+    g_left, g_bottom, g_right, g_top = _grid_bounds(grid)
+    if left >= g_right or right <= g_left or bottom >= g_top or top <= g_bottom:
+        raise LabelsError(
+            f"{path}: labels do not overlap the raster; check that they cover the same area "
+            f"and carry the right CRS ({crs.to_string()})"
+        )
+
+
+def open_labels(
+    path: str | Path,
+    grid,
+    *,
+    field: str | None = None,
+    classes: ClassMap | None = None,
+    unlabeled: str = "background",
+) -> RasterLabels | VectorLabels:
+    """Labels for a raster grid (an object with crs, transform, width, height)."""
+    path = Path(path)
+    if is_vector(path):
+        return VectorLabels(path, grid, field=field, classes=classes, unlabeled=unlabeled)
+    return RasterLabels(path, grid, classes=classes)

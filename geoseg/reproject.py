@@ -1,0 +1,163 @@
+"""Reprojection of rasters (rasterio.warp, window by window) and vector files (geopandas)."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.windows import Window
+
+from geoseg.atomic import atomic_output, ensure_folder
+from geoseg.errors import InputFileError, MissingCRSError, OutputError
+from geoseg.labels import is_vector
+from geoseg.raster import check_readable, open_raster, parse_crs
+
+BLOCK = 512
+
+#: Output driver by suffix for vector files.
+VECTOR_DRIVERS = {
+    ".gpkg": "GPKG",
+    ".geojson": "GeoJSON",
+    ".json": "GeoJSON",
+    ".shp": "ESRI Shapefile",
+    ".fgb": "FlatGeobuf",
+}
+
+
+def reproject(
+    src: str | Path,
+    dst: str | Path,
+    dst_crs: str | CRS,
+    *,
+    resolution: float | None = None,
+    resampling: str = "nearest",
+    overwrite: bool = False,
+    on_start: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Reproject a raster or a vector file (chosen by suffix) to ``dst_crs``."""
+    if is_vector(src):
+        return reproject_vector(src, dst, dst_crs, overwrite=overwrite)
+    return reproject_raster(
+        src,
+        dst,
+        dst_crs,
+        resolution=resolution,
+        resampling=resampling,
+        overwrite=overwrite,
+        on_start=on_start,
+        progress=progress,
+    )
+
+
+def reproject_raster(
+    src: str | Path,
+    dst: str | Path,
+    dst_crs: str | CRS,
+    *,
+    resolution: float | None = None,
+    resampling: str = "nearest",
+    overwrite: bool = False,
+    on_start: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Warp a raster onto ``dst_crs`` block by block into a tiled, compressed GeoTIFF.
+
+    Memory is bounded by the block size. Nodata, band descriptions, tags and a colour
+    table carry over; use ``resampling="nearest"`` for class masks.
+    """
+    dst = Path(dst)
+    _check_output(dst, overwrite)
+    with open_raster(src, dst_crs=parse_crs(dst_crs), resolution=resolution, resampling=resampling) as source:
+        original = source._file
+        profile = source.profile(
+            compress="deflate",
+            tiled=True,
+            blockxsize=BLOCK,
+            blockysize=BLOCK,
+            BIGTIFF="IF_SAFER",
+            predictor=3 if source.dtype.kind == "f" else 2,
+        )
+        windows = [
+            Window(col, row, min(BLOCK, source.width - col), min(BLOCK, source.height - row))
+            for row in range(0, source.height, BLOCK)
+            for col in range(0, source.width, BLOCK)
+        ]
+        if on_start:
+            on_start(len(windows))
+        needs_mask = source.nodata is None
+        with atomic_output(dst) as tmp:
+            env = rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True)
+            with env, rasterio.open(tmp, "w", **profile) as out:
+                for i, description in enumerate(original.descriptions, start=1):
+                    if description:
+                        out.set_band_description(i, description)
+                out.update_tags(**original.tags())
+                if original.count == 1:
+                    with contextlib.suppress(ValueError):  # no colour table to carry over
+                        out.write_colormap(1, original.colormap(1))
+                for window in windows:
+                    data, valid = source.read(window)
+                    out.write(data, window=window)
+                    if needs_mask:
+                        out.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
+                    if progress:
+                        progress(1)
+    return dst
+
+
+def reproject_vector(src: str | Path, dst: str | Path, dst_crs: str | CRS, *, overwrite: bool = False) -> Path:
+    """Reproject every layer of a vector file with geopandas ``to_crs``."""
+    import geopandas as gpd
+    import pyogrio
+
+    src, dst = check_readable(src, what="vector"), Path(dst)
+    driver = VECTOR_DRIVERS.get(dst.suffix.lower())
+    if driver is None:
+        raise OutputError(
+            f"{dst}: unknown vector format; end the name with one of {', '.join(VECTOR_DRIVERS)}"
+        )
+    _check_output(dst, overwrite)
+    crs = parse_crs(dst_crs)
+    try:
+        layers = [name for name, _ in pyogrio.list_layers(src)]
+    except Exception as exc:  # pyogrio's DataSourceError family
+        raise InputFileError(f"{src}: not a vector file geoseg can read ({exc})") from None
+    if driver != "GPKG" and len(layers) > 1:
+        raise OutputError(
+            f"{src} has {len(layers)} layers but {dst.suffix} holds one; write a .gpkg instead"
+        )
+    frames = []
+    for layer in layers:
+        frame = gpd.read_file(src, layer=layer, engine="pyogrio")
+        if frame.crs is None:
+            raise MissingCRSError(
+                f"{src}: layer {layer!r} has no CRS; assign one (ogr2ogr -a_srs EPSG:XXXX) first"
+            )
+        frames.append((layer, frame.to_crs(crs)))
+    if driver == "ESRI Shapefile":
+        # A shapefile is several files: write them in a scratch folder, then move each.
+        ensure_folder(dst.parent)
+        with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".reproject-") as scratch:
+            scratch_path = Path(scratch) / dst.name
+            frames[0][1].to_file(scratch_path, driver=driver, engine="pyogrio")
+            for part in Path(scratch).iterdir():
+                shutil.move(part, dst.parent / part.name)
+        return dst
+    with atomic_output(dst) as tmp:
+        for layer, frame in frames:
+            frame.to_file(tmp, layer=layer, driver=driver, engine="pyogrio")
+    return dst
+
+
+def _check_output(dst: Path, overwrite: bool) -> None:
+    if dst.is_dir():
+        raise OutputError(f"{dst}: is a folder; give an output file name")
+    if dst.exists() and not overwrite:
+        raise OutputError(f"{dst}: exists; pass --overwrite to replace it")

@@ -1,0 +1,417 @@
+"""Cut rasters (and their labels) into a chip dataset; the work behind ``geoseg tile``.
+
+Every source is checked before anything is written: a bad file, band mapping, label file
+or classes file fails the whole call with nothing left behind. Chips are written under a
+temporary name and renamed, so a chip file under its final name is complete and a re-run
+skips it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+
+from geoseg import __version__
+from geoseg.atomic import atomic_output, clean_partials, ensure_folder
+from geoseg.classes import IGNORE_INDEX, ClassMap
+from geoseg.dataset import (
+    DATASET_FILE,
+    FORMAT_VERSION,
+    IMAGES_DIR,
+    LABELS_DIR,
+    TILES_FILE,
+    TILES_LAYER,
+)
+from geoseg.errors import BandError, OptionError
+from geoseg.labels import open_labels
+from geoseg.raster import Chip, RasterSource, open_raster
+from geoseg.windows import Tile, TileGrid, tile_grid
+
+SPLITS = ("random", "blocks")
+
+
+@dataclass(frozen=True)
+class TileSettings:
+    """Options of a tiling run; sizes are pixels or metres (``"2560m"``)."""
+
+    size: int | str = 512
+    overlap: int | str = 64
+    bands: str | None = None
+    dst_crs: str | None = None
+    resolution: float | None = None
+    resampling: str = "bilinear"
+    labels: Path | None = None
+    label_field: str | None = None
+    classes: Path | ClassMap | None = None
+    unlabeled: str = "background"
+    min_valid: float = 0.0
+    val_fraction: float = 0.1
+    split: str = "random"
+    block: int = 4
+    seed: int = 0
+    overwrite: bool = False
+    compress: str = "deflate"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_valid <= 1.0:
+            raise OptionError(f"--min-valid must be between 0 and 1, got {self.min_valid}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise OptionError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.split not in SPLITS:
+            raise OptionError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.block < 1:
+            raise OptionError(f"--block must be at least 1 chip, got {self.block}")
+        if self.unlabeled not in ("background", "ignore"):
+            raise OptionError(f"--unlabeled must be background or ignore, got {self.unlabeled!r}")
+
+
+@dataclass
+class ChipEntry:
+    """A chip in the dataset: what tiles.gpkg records about it."""
+
+    chip: str
+    label: str | None
+    source: str
+    row: int
+    col: int
+    valid_fraction: float
+    split: str
+    tile: Tile
+
+
+@dataclass
+class TileSummary:
+    """What a tiling run did."""
+
+    out_dir: Path
+    chips: list[ChipEntry] = field(default_factory=list)
+    written: int = 0
+    reused: int = 0
+    below_min_valid: int = 0
+    class_pixels: Counter = field(default_factory=Counter)
+
+    @property
+    def tiles_file(self) -> Path:
+        return self.out_dir / TILES_FILE
+
+    @property
+    def dataset_file(self) -> Path:
+        return self.out_dir / DATASET_FILE
+
+
+def tile_sources(
+    sources: Sequence[str | Path],
+    out_dir: str | Path,
+    settings: TileSettings = TileSettings(),
+    *,
+    on_start: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> TileSummary:
+    """Cut ``sources`` into chips under ``out_dir``; see the module docstring.
+
+    ``on_start(total_tiles)`` is called once everything is checked; ``progress(1)`` after
+    each tile.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        ensure_folder(out_dir)  # raises OutputError naming the file
+    if not sources:
+        raise OptionError("no source rasters given")
+    classes = (
+        ClassMap.read(settings.classes)
+        if isinstance(settings.classes, (str, Path))
+        else settings.classes
+    )
+
+    opened: list[tuple[RasterSource, TileGrid, object]] = []
+    try:
+        for path in sources:
+            source = open_raster(
+                path,
+                settings.bands,
+                dst_crs=settings.dst_crs,
+                resolution=settings.resolution,
+                resampling=settings.resampling,
+            )
+            opened.append((source, None, None))
+            grid = tile_grid(source, settings.size, settings.overlap)
+            labels = None
+            if settings.labels is not None:
+                labels = open_labels(
+                    settings.labels,
+                    source,
+                    field=settings.label_field,
+                    classes=classes,
+                    unlabeled=settings.unlabeled,
+                )
+            opened[-1] = (source, grid, labels)
+        _check_same_bands([s for s, _, _ in opened])
+        stems = [s.path.stem for s, _, _ in opened]
+        if len(set(stems)) != len(stems):
+            raise OptionError(
+                "two sources share a file name "
+                f"({', '.join(sorted({s for s in stems if stems.count(s) > 1}))}); chips are "
+                "named after their source, so rename one"
+            )
+
+        images_dir = ensure_folder(out_dir / IMAGES_DIR)
+        labels_dir = ensure_folder(out_dir / LABELS_DIR) if settings.labels else None
+        for folder in (images_dir, labels_dir):
+            if folder is not None:
+                clean_partials(folder)
+        if on_start:
+            on_start(sum(len(grid) for _, grid, _ in opened))
+
+        summary = TileSummary(out_dir)
+        label_classes = classes
+        for source, grid, labels in opened:
+            if labels is not None and labels.classes is not None:
+                label_classes = labels.classes
+            for tile in grid:
+                entry = _tile_one(source, grid, tile, labels, images_dir, labels_dir, settings, summary)
+                if entry is not None:
+                    summary.chips.append(entry)
+                if progress:
+                    progress(1)
+        _assign_splits(summary.chips, settings)
+        _write_tiles(summary, out_dir)
+        _write_dataset_json(summary, out_dir, opened, settings, label_classes)
+        return summary
+    finally:
+        for source, _, labels in opened:
+            if labels is not None:
+                labels.close()
+            source.close()
+
+
+def _check_same_bands(sources: list[RasterSource]) -> None:
+    first = sources[0]
+    for other in sources[1:]:
+        if other.band_names != first.band_names:
+            raise BandError(
+                f"{other.path}: bands {list(other.band_names)} differ from {first.path}'s "
+                f"{list(first.band_names)}; a chip dataset needs the same bands in every "
+                f"source (name them with --bands)"
+            )
+
+
+def _tile_one(
+    source: RasterSource,
+    grid: TileGrid,
+    tile: Tile,
+    labels,
+    images_dir: Path,
+    labels_dir: Path | None,
+    settings: TileSettings,
+    summary: TileSummary,
+) -> ChipEntry | None:
+    name = tile.name(source.path.stem, grid.digits) + ".tif"
+    image_path = images_dir / name
+    label_path = labels_dir / name if labels_dir is not None else None
+    complete = image_path.exists() and (label_path is None or label_path.exists())
+    if complete and not settings.overwrite:
+        valid_fraction = _stored_valid_fraction(image_path)
+        if label_path is not None:
+            _count_classes(summary.class_pixels, _read_band(label_path))
+        summary.reused += 1
+    else:
+        chip = source.read_chip(tile)
+        valid_fraction = chip.valid_fraction
+        if valid_fraction < settings.min_valid or valid_fraction == 0.0:
+            summary.below_min_valid += 1
+            return None
+        _write_image_chip(image_path, source, chip, settings.compress)
+        if labels is not None and label_path is not None:
+            label_ids = labels.for_tile(tile)
+            label_ids[~chip.valid] = IGNORE_INDEX
+            _write_label_chip(label_path, tile, label_ids, labels.classes, settings.compress)
+            _count_classes(summary.class_pixels, label_ids)
+        summary.written += 1
+    return ChipEntry(
+        chip=f"{IMAGES_DIR}/{name}",
+        label=f"{LABELS_DIR}/{name}" if label_path is not None else None,
+        source=str(source.path),
+        row=tile.row,
+        col=tile.col,
+        valid_fraction=round(valid_fraction, 6),
+        split="train",
+        tile=tile,
+    )
+
+
+def _chip_profile(tile: Tile, count: int, dtype: str, nodata, compress: str) -> dict:
+    profile = dict(
+        driver="GTiff",
+        width=tile.width,
+        height=tile.height,
+        count=count,
+        dtype=dtype,
+        crs=tile.crs,
+        transform=tile.transform,
+        nodata=nodata,
+        compress=compress,
+    )
+    if tile.width % 16 == 0 and tile.height % 16 == 0:
+        block = min(256, tile.width, tile.height)
+        profile.update(tiled=True, blockxsize=block, blockysize=block)
+    return profile
+
+
+def _write_image_chip(path: Path, source: RasterSource, chip: Chip, compress: str) -> None:
+    profile = _chip_profile(chip.tile, source.count, source.dtype.name, source.nodata, compress)
+    needs_mask = source.nodata is None and not chip.valid.all()
+    with atomic_output(path) as tmp:
+        env = rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True) if needs_mask else rasterio.Env()
+        with env, rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(chip.data)
+            for i, name in enumerate(source.band_names, start=1):
+                dst.set_band_description(i, name)
+            if needs_mask:
+                dst.write_mask(np.where(chip.valid, 255, 0).astype(np.uint8))
+
+
+def _write_label_chip(
+    path: Path, tile: Tile, label_ids: np.ndarray, classes: ClassMap | None, compress: str
+) -> None:
+    profile = _chip_profile(tile, 1, "uint8", IGNORE_INDEX, compress)
+    with atomic_output(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(label_ids, 1)
+        dst.set_band_description(1, "class")
+        if classes is not None:
+            dst.write_colormap(1, {c.id: (*c.rgb, 255) for c in classes})
+            dst.update_tags(**{f"CLASS_{c.id}": c.name for c in classes})
+
+
+def _stored_valid_fraction(path: Path) -> float:
+    with rasterio.open(path) as src:
+        return float((src.dataset_mask() > 0).mean())
+
+
+def _read_band(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(1)
+
+
+def _count_classes(counter: Counter, label_ids: np.ndarray) -> None:
+    ids, counts = np.unique(label_ids, return_counts=True)
+    for class_id, count in zip(ids.tolist(), counts.tolist(), strict=True):
+        if class_id != IGNORE_INDEX:
+            counter[class_id] += count
+
+
+def _draw(seed: int, key: str) -> float:
+    """A uniform number in [0, 1) fixed by seed and key, whatever the iteration order."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _assign_splits(chips: list[ChipEntry], settings: TileSettings) -> None:
+    """Seeded train/val draw per chip, or per block of chips to keep val spatially apart."""
+
+    def key(entry: ChipEntry) -> str:
+        stem = Path(entry.source).stem
+        if settings.split == "blocks":
+            return f"{stem}:b{entry.row // settings.block}:{entry.col // settings.block}"
+        return f"{stem}:{entry.row}:{entry.col}"
+
+    draws = {key(e): _draw(settings.seed, key(e)) for e in chips}
+    val_keys = {k for k, d in draws.items() if d < settings.val_fraction}
+    if settings.val_fraction > 0 and not val_keys and len(draws) > 1:
+        # A small dataset can miss the fraction entirely; keep at least one val group.
+        val_keys = {min(draws, key=draws.get)}
+    for entry in chips:
+        entry.split = "val" if key(entry) in val_keys else "train"
+
+
+def _write_tiles(summary: TileSummary, out_dir: Path) -> None:
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    chips = summary.chips
+    crs = chips[0].tile.crs if chips else None
+    geometries = []
+    for entry in chips:
+        footprint = box(*entry.tile.bounds)
+        if crs is not None and entry.tile.crs != crs:
+            footprint = (
+                gpd.GeoSeries([footprint], crs=entry.tile.crs)
+                .segmentize(max(entry.tile.bounds[2] - entry.tile.bounds[0], 1) / 16)
+                .to_crs(crs)
+                .iloc[0]
+            )
+        geometries.append(footprint)
+    frame = gpd.GeoDataFrame(
+        {
+            "chip": [e.chip for e in chips],
+            "label": [e.label for e in chips],
+            "source": [e.source for e in chips],
+            "row": np.array([e.row for e in chips], dtype=np.int32),
+            "col": np.array([e.col for e in chips], dtype=np.int32),
+            "valid_fraction": [e.valid_fraction for e in chips],
+            "split": [e.split for e in chips],
+            "crs": [e.tile.crs.to_string() if e.tile.crs else None for e in chips],
+        },
+        geometry=geometries,
+        crs=crs,
+    )
+    with atomic_output(out_dir / TILES_FILE) as tmp:
+        frame.to_file(tmp, layer=TILES_LAYER, driver="GPKG", engine="pyogrio")
+
+
+def _write_dataset_json(
+    summary: TileSummary,
+    out_dir: Path,
+    opened: list,
+    settings: TileSettings,
+    classes: ClassMap | None,
+) -> None:
+    first, grid, _ = opened[0]
+    if settings.labels is not None:
+        seen = set(summary.class_pixels)
+        classes = classes.with_ids(seen) if classes is not None else ClassMap.from_ids(seen)
+    crss = {s.crs.to_string() for s, _, _ in opened}
+    splits = Counter(e.split for e in summary.chips)
+    names = {c.id: c.name for c in classes} if classes is not None else {}
+    info = {
+        "geoseg_version": __version__,
+        "format": FORMAT_VERSION,
+        "sources": [
+            {
+                "path": str(s.path),
+                "crs": s.crs.to_string(),
+                "resolution": list(s.res),
+                "width": s.width,
+                "height": s.height,
+                "chips": sum(1 for e in summary.chips if e.source == str(s.path)),
+            }
+            for s, _, _ in opened
+        ],
+        "crs": crss.pop() if len(crss) == 1 else None,
+        "resolution": list(first.res),
+        "chip_size": grid.size,
+        "overlap": grid.overlap,
+        "bands": list(first.band_names),
+        "dtype": first.dtype.name,
+        "nodata": first.nodata,
+        "labels": str(settings.labels) if settings.labels else None,
+        "classes": classes.to_json() if classes is not None else [],
+        "split": {"method": settings.split, "val_fraction": settings.val_fraction, "seed": settings.seed},
+        "counts": {
+            "chips": len(summary.chips),
+            "train": splits.get("train", 0),
+            "val": splits.get("val", 0),
+            "below_min_valid": summary.below_min_valid,
+            "class_pixels": {
+                names.get(i, str(i)): int(n) for i, n in sorted(summary.class_pixels.items())
+            },
+        },
+    }
+    with atomic_output(out_dir / DATASET_FILE) as tmp:
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
