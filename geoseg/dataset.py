@@ -106,8 +106,9 @@ class ChipDataset:
 
     def read_image(self, record: ChipRecord) -> tuple[np.ndarray, np.ndarray]:
         """Chip pixels (bands, rows, cols) in the source dtype and valid mask (rows, cols)."""
-        from geoseg.raster import open_raster
         from rasterio.windows import Window
+
+        from geoseg.raster import open_raster
 
         with open_raster(record.image, list_to_spec(self.band_names)) as chip:
             return chip.read(Window(0, 0, chip.width, chip.height))
