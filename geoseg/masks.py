@@ -1,0 +1,292 @@
+"""Coarse water masks: an index threshold for the whole raster, then morphological cleanup.
+
+The threshold is computed once per raster (Otsu on a histogram of valid pixels gathered
+window by window over the whole raster), because per-tile thresholds disagree across tile
+edges. Cleanup removes small components, fills small holes and optionally opens or
+closes the mask. Nodata pixels are never water.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from rasterio.crs import CRS
+from rasterio.windows import Window
+
+from geoseg.errors import InputFileError, OptionError
+from geoseg.indices import INDEX_RANGES, check_bands, compute_index, required_bands
+
+if TYPE_CHECKING:
+    from geoseg.raster import RasterSource
+
+log = logging.getLogger(__name__)
+
+#: Histogram bins over the index range; 0.001 wide for normalised differences.
+HISTOGRAM_BINS = 2000
+
+_AREA = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(px|m2|m²|ha|km2)?\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Area:
+    """An area given on the command line: pixels, or square metres (``m2``, ``ha``, ``km2``)."""
+
+    value: float
+    unit: str = "px"
+
+    @classmethod
+    def parse(cls, text: str | int | float | Area, *, what: str = "--min-size") -> Area:
+        if isinstance(text, Area):
+            return text
+        if isinstance(text, (int, float)) and not isinstance(text, bool):
+            if text < 0:
+                raise OptionError(f"{what} {text} must not be negative")
+            return cls(float(text), "px")
+        match = _AREA.match(str(text))
+        if not match:
+            raise OptionError(
+                f"{what} {text!r} must be a number of pixels (200) or an area in square "
+                f"metres (5000m2, 0.5ha)"
+            )
+        value, unit = float(match.group(1)), (match.group(2) or "px").lower()
+        if unit == "ha":
+            value, unit = value * 1e4, "m2"
+        elif unit == "km2":
+            value, unit = value * 1e6, "m2"
+        elif unit == "m²":
+            unit = "m2"
+        return cls(value, unit)
+
+    def to_pixels(self, pixel_area: float, crs: CRS | None, *, what: str = "--min-size") -> int:
+        """Whole pixels for pixels of ``pixel_area`` (square map units) in ``crs``."""
+        if self.unit == "px":
+            return int(math.ceil(self.value))
+        if crs is not None and crs.is_geographic:
+            raise OptionError(
+                f"{what} {self.value:g}m2 is in square metres but the raster's CRS is "
+                f"geographic (degrees); give the size in pixels, or reproject the raster to "
+                f"a projected CRS first (geoseg reproject --dst-crs, e.g. its UTM zone)"
+            )
+        factor = crs.linear_units_factor[1] if crs is not None and crs.is_projected else 1.0
+        return int(math.ceil(self.value / (pixel_area * factor * factor)))
+
+    def __str__(self) -> str:
+        return f"{self.value:g}{'' if self.unit == 'px' else self.unit}"
+
+
+def area_pixels(value: str | int | float | Area, source: Any, *, what: str = "--min-size") -> int:
+    """Pixels of an area (pixels or m2) on the grid of ``source`` (anything with res, crs)."""
+    xres, yres = source.res
+    return Area.parse(value, what=what).to_pixels(abs(xres * yres), source.crs, what=what)
+
+
+def parse_threshold(threshold: str | float) -> str | float:
+    """``"otsu"`` or a float, from a command-line value."""
+    if isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
+        return float(threshold)
+    text = str(threshold).strip().lower()
+    if text == "otsu":
+        return "otsu"
+    try:
+        return float(text)
+    except ValueError:
+        raise OptionError(
+            f"--threshold {threshold!r} must be 'otsu' or a number such as 0.1"
+        ) from None
+
+
+def _windows(source: RasterSource, size: int = 512):
+    for row0 in range(0, source.height, size):
+        for col0 in range(0, source.width, size):
+            yield Window(
+                col0, row0, min(size, source.width - col0), min(size, source.height - row0)
+            )
+
+
+def index_histogram(
+    source: RasterSource,
+    index: str,
+    *,
+    max_windows: int = 256,
+    window_size: int = 512,
+    seed: int = 0,
+    **params: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Counts and bin centres of the index over valid pixels, gathered window by window.
+
+    Rasters with more than ``max_windows`` windows are sampled: a seeded random subset of
+    that many windows spread over the whole raster.
+    """
+    index = index.lower()
+    check_bands(index, source.band_names, source=str(source.path))
+    names = required_bands(index)
+    low, high = INDEX_RANGES[index]
+    edges = np.linspace(low, high, HISTOGRAM_BINS + 1)
+    counts = np.zeros(HISTOGRAM_BINS, np.int64)
+    windows = list(_windows(source, window_size))
+    if len(windows) > max_windows:
+        rng = np.random.default_rng(seed)
+        picked = np.sort(rng.choice(len(windows), size=max_windows, replace=False))
+        windows = [windows[i] for i in picked]
+    for window in windows:
+        data, valid = source.read(window, names)
+        values = compute_index(data, names, index, valid, **params)
+        values = values[np.isfinite(values)]
+        counts += np.histogram(np.clip(values, low, high), bins=edges)[0]
+    return counts, (edges[:-1] + edges[1:]) / 2
+
+
+def raster_threshold(
+    source: RasterSource, index: str, threshold: str | float = "otsu", **params: Any
+) -> float:
+    """The index threshold for the whole raster: ``threshold`` itself, or Otsu's.
+
+    Otsu's threshold comes from one histogram of valid pixels over the whole raster (see
+    ``index_histogram``; ``max_windows``, ``window_size`` and ``seed`` go there, other
+    ``params`` to the index).
+    """
+    threshold = parse_threshold(threshold)
+    required_bands(index)
+    check_bands(index, source.band_names, source=str(source.path))
+    if threshold != "otsu":
+        return float(threshold)
+    from skimage.filters import threshold_otsu
+
+    sampling = {k: params.pop(k) for k in ("max_windows", "window_size", "seed") if k in params}
+    counts, centres = index_histogram(source, index, **sampling, **params)
+    if counts.sum() == 0:
+        raise InputFileError(
+            f"{source.path}: no valid pixels to compute an Otsu threshold of {index}; check "
+            f"the nodata value and the band mapping, or give --threshold VALUE"
+        )
+    used = np.flatnonzero(counts)
+    if len(used) < 2:
+        raise OptionError(
+            f"{source.path}: {index} is constant ({centres[used[0]]:.3f}) over the raster, so "
+            f"Otsu has nothing to separate; give --threshold VALUE"
+        )
+    # Trim empty bins at both ends: Otsu's between-class variance ignores them anyway.
+    first, last = used[0], used[-1] + 1
+    value = float(threshold_otsu(hist=(counts[first:last], centres[first:last])))
+    log.info("%s: Otsu threshold of %s is %.4f", source.path, index, value)
+    return value
+
+
+def threshold_mask(
+    values: np.ndarray, threshold: float, valid: np.ndarray | None = None
+) -> np.ndarray:
+    """Pixels whose index exceeds ``threshold`` (bool); NaN and invalid pixels are False."""
+    with np.errstate(invalid="ignore"):
+        mask = np.asarray(values) > threshold
+    if valid is not None:
+        mask &= np.asarray(valid, dtype=bool)
+    return mask
+
+
+def _remove_small(mask: np.ndarray, min_size: int) -> np.ndarray:
+    """``mask`` without 8-connected components of fewer than ``min_size`` pixels."""
+    from skimage.measure import label
+
+    if min_size <= 1 or not mask.any():
+        return mask
+    labels = label(mask, connectivity=2)
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_size
+    keep[0] = False
+    return keep[labels]
+
+
+def _fill_small_holes(mask: np.ndarray, max_hole: int) -> np.ndarray:
+    """``mask`` with 4-connected holes of fewer than ``max_hole`` pixels filled.
+
+    A hole is background not connected to the array border.
+    """
+    from skimage.measure import label
+
+    if max_hole <= 1 or mask.all():
+        return mask
+    labels = label(~mask, connectivity=1)
+    sizes = np.bincount(labels.ravel())
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    fill = sizes < max_hole
+    fill[0] = False
+    fill[border] = False
+    return mask | fill[labels]
+
+
+def clean_mask(
+    mask: np.ndarray,
+    *,
+    min_size: int = 0,
+    fill_holes: int = 0,
+    opening: int = 0,
+    closing: int = 0,
+    valid: np.ndarray | None = None,
+) -> np.ndarray:
+    """Clean a coarse mask (H, W) bool; sizes in pixels, ``opening``/``closing`` disk radii.
+
+    In this order: opening, closing, remove 8-connected components smaller than
+    ``min_size``, fill holes smaller than ``fill_holes``, then clear invalid pixels.
+    """
+    from skimage.morphology import closing as grey_closing
+    from skimage.morphology import disk
+    from skimage.morphology import opening as grey_opening
+
+    mask = np.asarray(mask, dtype=bool)
+    if valid is not None:
+        valid = np.asarray(valid, dtype=bool)
+        mask = mask & valid
+    for name, value in (
+        ("min_size", min_size),
+        ("fill_holes", fill_holes),
+        ("opening", opening),
+        ("closing", closing),
+    ):
+        if value < 0:
+            raise OptionError(f"{name} must not be negative, got {value}")
+    if opening > 0:
+        mask = grey_opening(mask, disk(int(opening))).astype(bool)
+    if closing > 0:
+        mask = grey_closing(mask, disk(int(closing))).astype(bool)
+    mask = _remove_small(mask, int(min_size))
+    mask = _fill_small_holes(mask, int(fill_holes))
+    if valid is not None:
+        mask &= valid
+    return mask
+
+
+def interior_distance(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance (pixels) of each mask pixel to the nearest non-mask pixel.
+
+    The array border does not count as non-mask: water runs on past a chip edge.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return np.zeros(mask.shape, np.float32)
+    if mask.all():
+        return np.full(mask.shape, np.inf, np.float32)
+    return distance_transform_edt(mask).astype(np.float32)
+
+
+def erode_mask(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Pixels of ``mask`` farther than ``radius`` pixels from any non-mask pixel."""
+    if radius <= 0:
+        return np.asarray(mask, dtype=bool).copy()
+    return interior_distance(mask) > radius
+
+
+def dilate_mask(mask: np.ndarray, radius: float) -> np.ndarray:
+    """``mask`` grown by ``radius`` pixels (Euclidean)."""
+    mask = np.asarray(mask, dtype=bool)
+    if radius <= 0 or not mask.any():
+        return mask.copy()
+    from scipy.ndimage import distance_transform_edt
+
+    return distance_transform_edt(~mask) <= radius
