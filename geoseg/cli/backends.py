@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import types
 import typing
 from typing import Any
 
@@ -96,17 +97,30 @@ def _options_record(options_cls: type) -> list[dict[str, Any]]:
             {
                 "name": field.name,
                 "type": _type_name(hints.get(field.name, Any)),
-                "default": default
-                if isinstance(default, (str, int, float, bool, type(None)))
-                else repr(default),
+                "default": _default_text(default),
             }
         )
     return records
 
 
 def _type_name(hint: Any) -> str:
-    text = getattr(hint, "__name__", None) if not typing.get_args(hint) else None
-    return text or str(hint).replace("typing.", "")
+    """A type as a user types its values: ``ndwi|mndwi``, ``float,float``, ``int|none``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return "|".join(str(arg) for arg in args)
+    if origin is typing.Union or origin is types.UnionType:
+        return "|".join("none" if arg is type(None) else _type_name(arg) for arg in args)
+    if origin in (tuple, list, set, frozenset):
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            return ",".join(_type_name(arg) for arg in args) if args else "a,b,..."
+        return f"{_type_name(args[0]) if args else 'text'},..."
+    return getattr(hint, "__name__", str(hint))
+
+
+def _default_text(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return ",".join(f"{item:g}" if isinstance(item, float) else str(item) for item in value)
+    return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
 
 
 def _echo_table(records: list[dict[str, Any]]) -> None:
@@ -139,6 +153,7 @@ def _echo_details(record: dict[str, Any]) -> None:
     if record["options"]:
         click.echo("  options (--option KEY=VALUE or --config FILE):")
         for option in record["options"]:
-            click.echo(f"    {option['name']}: {option['type']} = {option['default']!r}")
+            default = "none" if option["default"] is None else option["default"]
+            click.echo(f"    {option['name']}={default}  ({option['type']})")
     else:
         click.echo("  options: none")
