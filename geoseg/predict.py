@@ -1,0 +1,418 @@
+"""The predict engine: a backend's chip predictions stitched into a class mask.
+
+Chips of a sliding-window grid are read from the source, handed to the backend in
+batches, blended with smooth weights where they overlap and turned into class ids by
+argmax, one band of chip rows at a time. The mask is written as a tiled GeoTIFF, then
+finalised as a Cloud Optimized GeoTIFF with overviews and renamed into place, so an
+output under its final name is always complete.
+
+Output naming for several sources (``plan_outputs``): one source file and an output
+ending in ``.tif``/``.tiff`` gives that file; otherwise the output is a folder holding
+``<stem>.tif`` per source, with ``<stem>.qml`` (QGIS style), ``<stem>.gpkg`` (polygons,
+with ``vector``) and ``<stem>_probabilities.tif`` (with ``probabilities``) beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import calculate_default_transform
+
+from geoseg.atomic import atomic_output, ensure_folder
+from geoseg.backend import Backend, ChipBatch, Prompts
+from geoseg.classes import IGNORE_INDEX, ClassMap
+from geoseg.errors import BackendError, InputFileError, OptionError, OutputError
+from geoseg.raster import Chip, RasterSource, open_raster, parse_crs
+from geoseg.stitch import (
+    BLOCK_SIZE,
+    RowBandAccumulator,
+    StripWriter,
+    remove_all,
+    row_bands,
+    scratch_path,
+    tiled_profile,
+    write_cog,
+)
+from geoseg.styles import write_class_metadata, write_raster_qml
+from geoseg.windows import TileGrid, tile_grid
+
+log = logging.getLogger(__name__)
+
+RASTER_SUFFIXES = (".tif", ".tiff")
+
+#: ``progress(chips_done, chips_total)``, called after every batch.
+Progress = Callable[[int, int], None]
+
+
+def predict_raster(
+    backend: Backend,
+    src_path: str | Path,
+    out_path: str | Path,
+    *,
+    bands: str | None = None,
+    size: int | str | None = None,
+    overlap: int | str = 64,
+    batch_size: int = 8,
+    prompts: str | Path | None = None,
+    dst_crs: str | None = None,
+    probabilities_path: str | Path | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Predict a class mask for one raster with a loaded backend; returns ``out_path``.
+
+    The mask is uint8 class ids (255 where the source is nodata) on the source grid, or
+    on ``dst_crs`` (nearest resampling), as a COG with colour table and class tags, with
+    a QGIS ``.qml`` style beside it. ``size`` defaults to the backend's chip size;
+    ``size`` and ``overlap`` are pixels or metres (``"2560m"``). ``prompts``: None,
+    ``"auto"`` or a prompts file; backends that need prompts default to ``"auto"``.
+    ``probabilities_path`` also writes blended probabilities (float32, one band per
+    class, NaN where nodata).
+    """
+    out_path = Path(out_path)
+    if batch_size < 1:
+        raise OptionError(f"--batch-size must be at least 1, got {batch_size}")
+    target_crs = parse_crs(dst_crs)
+    capabilities = backend.capabilities()
+    classes = backend.classes()
+    if len(classes) < 1:
+        raise BackendError(f"backend {backend.name!r} declares no output classes")
+    with open_raster(src_path, bands) as source:
+        names = tuple(capabilities.bands) or None
+        if names:
+            source.band_map.indexes(names, source=str(source.path))
+        grid = tile_grid(source, size if size is not None else capabilities.chip_size, overlap)
+        with rasterio.Env(GDAL_CACHEMAX=_cache_bytes(source, grid)):
+            backend.begin_raster(source)
+            prompt_source = _prompt_source(backend, source, prompts)
+            mask_tmp = scratch_path(out_path)
+            prob_tmp = scratch_path(Path(probabilities_path)) if probabilities_path else None
+            scratch = [p for p in (mask_tmp, prob_tmp) if p is not None]
+            try:
+                _stream(
+                    backend, source, grid, classes, names, batch_size, prompt_source,
+                    mask_tmp, prob_tmp, progress,
+                )
+                _finalise(mask_tmp, out_path, target_crs, resampling="nearest")
+                if prob_tmp is not None:
+                    _finalise(prob_tmp, Path(probabilities_path), target_crs,
+                              resampling="average")
+            finally:
+                remove_all(scratch)
+    write_raster_qml(out_path, classes)
+    return out_path
+
+
+def _cache_bytes(source: RasterSource, grid: TileGrid) -> int:
+    """A GDAL block cache holding two chip rows of the source, so overlaps are read once."""
+    row_band = grid.width * grid.size * source.count * source.dtype.itemsize
+    return int(min(max(32 << 20, 2 * row_band), 512 << 20))
+
+
+def _prompt_source(backend: Backend, source: RasterSource, prompts: str | Path | None):
+    if not backend.capabilities().needs_prompts:
+        if prompts is not None:
+            log.warning("backend %s takes no prompts; --prompts %s is ignored", backend.name,
+                        prompts)
+        return None
+    from geoseg import prompts as prompt_module
+
+    if prompts is None or str(prompts) == "auto":
+        settings = prompt_module.PromptSettings(**dict(backend.prompt_settings() or {}))
+        return prompt_module.auto_prompts(source, settings)
+    return prompt_module.file_prompts(Path(prompts), source)
+
+
+@dataclass
+class _Batch:
+    chips: list[Chip]
+    images: np.ndarray
+    valid: np.ndarray
+    prompts: tuple[Prompts, ...] | None
+
+
+def _batches(
+    source: RasterSource,
+    grid: TileGrid,
+    names: tuple[str, ...] | None,
+    batch_size: int,
+    prompt_source,
+) -> Iterator[_Batch | list[Chip]]:
+    """Batches of chips with valid pixels, in grid order; chips with none come alone."""
+    pending: list[Chip] = []
+    for tile in grid:
+        chip = source.read_chip(tile, names)
+        if not chip.valid.any():
+            # Nothing to predict; the engine still needs the chip to keep grid order.
+            if pending:
+                yield _make_batch(pending, prompt_source)
+                pending = []
+            yield [chip]
+            continue
+        pending.append(chip)
+        if len(pending) == batch_size:
+            yield _make_batch(pending, prompt_source)
+            pending = []
+    if pending:
+        yield _make_batch(pending, prompt_source)
+
+
+def _make_batch(chips: list[Chip], prompt_source) -> _Batch:
+    valid = np.stack([chip.valid for chip in chips])
+    images = np.where(valid[:, None], np.stack([chip.data for chip in chips]), 0)
+    images = images.astype(np.float32, copy=False)
+    prompts = None
+    if prompt_source is not None:
+        prompts = tuple(prompt_source.for_chip(chip) for chip in chips)
+    return _Batch(chips, images, valid, prompts)
+
+
+def _stream(
+    backend: Backend,
+    source: RasterSource,
+    grid: TileGrid,
+    classes: ClassMap,
+    names: tuple[str, ...] | None,
+    batch_size: int,
+    prompt_source,
+    mask_tmp: Path,
+    prob_tmp: Path | None,
+    progress: Progress | None,
+) -> None:
+    """Predict every chip and write the mask (and probabilities) to tiled GeoTIFFs."""
+    band_names = names or source.band_names
+    channels = len(classes)
+    class_ids = np.array(classes.ids, dtype=np.uint8)
+    accumulator = RowBandAccumulator(grid, channels)
+    base = source.profile(count=1, dtype="uint8", nodata=IGNORE_INDEX)
+    mask_file = rasterio.open(mask_tmp, "w", **tiled_profile(base))
+    prob_file = None
+    if prob_tmp is not None:
+        prob_profile = tiled_profile(base, count=channels, dtype="float32", nodata=float("nan"),
+                                     predictor=3)
+        prob_file = rasterio.open(prob_tmp, "w", **prob_profile)
+    total, done = len(grid), 0
+
+    def emit() -> None:
+        top, scores, valid = accumulator.finish_row()
+        mask = class_ids[np.argmax(scores, axis=0)]
+        mask[~valid] = IGNORE_INDEX
+        mask_writer.write(top, mask[None])
+        if prob_writer is not None:
+            scores[:, ~valid] = np.nan
+            prob_writer.write(top, scores)
+
+    try:
+        write_class_metadata(mask_file, classes)
+        mask_writer = StripWriter(mask_file)
+        prob_writer = None
+        if prob_file is not None:
+            for i, name in enumerate(classes.names, start=1):
+                prob_file.set_band_description(i, name)
+            prob_writer = StripWriter(prob_file)
+        # Reading the next batch overlaps with the backend's work on this one.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-read") as reader:
+            batches = _batches(source, grid, names, batch_size, prompt_source)
+            upcoming = reader.submit(next, batches, None)
+            while True:
+                batch = upcoming.result()
+                if batch is None:
+                    break
+                upcoming = reader.submit(next, batches, None)
+                if isinstance(batch, list):
+                    chips, probabilities = batch, None
+                else:
+                    chips = batch.chips
+                    probabilities = _run_backend(backend, batch, band_names, channels)
+                for i, chip in enumerate(chips):
+                    while chip.tile.row > accumulator.row:
+                        emit()
+                    if probabilities is not None:
+                        accumulator.add(chip.tile, probabilities[i], chip.valid)
+                done += len(chips)
+                if progress is not None:
+                    progress(done, total)
+        while accumulator.row < grid.n_rows:
+            emit()
+        mask_writer.close()
+        if prob_writer is not None:
+            prob_writer.close()
+    finally:
+        mask_file.close()
+        if prob_file is not None:
+            prob_file.close()
+
+
+def _run_backend(backend: Backend, batch: _Batch, band_names, channels: int) -> np.ndarray:
+    chip_batch = ChipBatch(
+        images=batch.images,
+        valid=batch.valid,
+        band_names=tuple(band_names),
+        tiles=tuple(chip.tile for chip in batch.chips),
+        prompts=batch.prompts,
+        source=None,
+    )
+    result = np.asarray(backend.predict(chip_batch))
+    n, _, height, width = batch.images.shape
+    if result.shape != (n, channels, height, width):
+        raise BackendError(
+            f"backend {backend.name!r} returned probabilities of shape {result.shape} for a "
+            f"batch of {n} chips of {height}x{width} px; the contract asks for "
+            f"{(n, channels, height, width)} (N, classes, H, W)"
+        )
+    return result.astype(np.float32, copy=False)
+
+
+def _finalise(tmp: Path, final: Path, dst_crs, *, resampling: str) -> None:
+    """Turn a temporary tiled GeoTIFF into the final COG, reprojected if ``dst_crs``."""
+    if dst_crs is None:
+        with atomic_output(final) as out:
+            write_cog(tmp, out, resampling=resampling)
+        return
+    warped = scratch_path(final)
+    try:
+        reproject_tiled(tmp, warped, dst_crs,
+                        Resampling.nearest if resampling == "nearest" else Resampling.bilinear)
+        with atomic_output(final) as out:
+            write_cog(warped, out, resampling=resampling)
+    finally:
+        remove_all([warped])
+
+
+def reproject_tiled(src: Path, dst: Path, dst_crs, resampling: Resampling) -> Path:
+    """Warp a raster to ``dst_crs`` strip by strip; keeps nodata, tags, colours, descriptions."""
+    with rasterio.open(src) as dataset:
+        transform, width, height = calculate_default_transform(
+            dataset.crs, dst_crs, dataset.width, dataset.height, *dataset.bounds
+        )
+        nodata = dataset.nodata
+        profile = tiled_profile(
+            dataset.profile, crs=dst_crs, transform=transform, width=width, height=height
+        )
+        with (
+            WarpedVRT(dataset, crs=dst_crs, transform=transform, width=width, height=height,
+                      resampling=resampling, src_nodata=nodata, nodata=nodata) as vrt,
+            rasterio.open(dst, "w", **profile) as out,
+        ):
+            out.update_tags(**dataset.tags())
+            for i in range(1, dataset.count + 1):
+                out.set_band_description(i, dataset.descriptions[i - 1] or "")
+            if dataset.count == 1 and dataset.dtypes[0] == "uint8":
+                with contextlib.suppress(ValueError):  # no colour table to carry over
+                    out.write_colormap(1, dataset.colormap(1))
+            for top, rows in row_bands(height, BLOCK_SIZE):
+                window = rasterio.windows.Window(0, top, width, rows)
+                out.write(vrt.read(window=window), window=window)
+    return dst
+
+
+# Several sources ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    """The outputs of one source: mask, style, and optional vector and probabilities."""
+
+    source: Path
+    mask: Path
+    vector: Path | None = None
+    probabilities: Path | None = None
+
+    @property
+    def style(self) -> Path:
+        return self.mask.with_suffix(".qml")
+
+    def mask_complete(self) -> bool:
+        """Mask (and probabilities, when asked for) exist: predicting again is not needed."""
+        needed = [self.mask, self.style] + ([self.probabilities] if self.probabilities else [])
+        return all(path.is_file() for path in needed)
+
+    def complete(self) -> bool:
+        return self.mask_complete() and (self.vector is None or self.vector.is_file())
+
+
+def expand_sources(paths: Sequence[str | Path]) -> list[Path]:
+    """Source rasters: files as given, folders replaced by the ``.tif``/``.tiff`` files inside."""
+    if not paths:
+        raise InputFileError("no source raster given; pass one or more GeoTIFFs or a folder")
+    sources: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.iterdir()
+                if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES and not p.name.startswith(".")
+            )
+            if not found:
+                raise InputFileError(f"{path}: folder holds no .tif or .tiff files")
+            sources.extend(found)
+        elif path.exists():
+            sources.append(path)
+        else:
+            raise InputFileError(f"{path}: no such file or folder; check the path")
+    return sources
+
+
+def plan_outputs(
+    sources: Sequence[Path],
+    output: str | Path,
+    *,
+    vector: str | Path | bool | None = None,
+    probabilities: bool = False,
+    single_file: bool = True,
+) -> list[PredictJob]:
+    """Output paths for each source (see the module docstring for the naming rules).
+
+    ``vector``: None/False for no polygons, True for ``<stem>.gpkg`` beside each mask, a
+    path ending in ``.gpkg`` for a single source, or a folder for ``<folder>/<stem>.gpkg``.
+    ``single_file`` is False when the sources came from a folder (the output is a folder).
+    """
+    output = Path(output)
+    is_file = output.suffix.lower() in RASTER_SUFFIXES
+    if is_file and (len(sources) != 1 or not single_file):
+        raise OutputError(
+            f"{output}: is a file name but {len(sources)} sources (or a folder) were given; "
+            f"give an output folder instead"
+        )
+    if is_file and output.is_dir():
+        raise OutputError(f"{output}: is a folder; give a .tif file name or another folder")
+    if not is_file and output.exists() and not output.is_dir():
+        raise OutputError(
+            f"{output}: exists and is not a folder; give a .tif file name for one source or a "
+            f"folder for several"
+        )
+    stems = [s.stem for s in sources]
+    repeated = sorted({s for s in stems if stems.count(s) > 1})
+    if repeated and not is_file:
+        raise OutputError(
+            f"several sources are named {repeated[0]!r}; their outputs would collide in "
+            f"{output}; predict them into separate folders"
+        )
+    vector_path = Path(vector) if isinstance(vector, (str, Path)) and str(vector) else None
+    if vector_path is not None and vector_path.suffix.lower() == ".gpkg" and len(sources) != 1:
+        raise OutputError(
+            f"{vector_path}: one GeoPackage for {len(sources)} sources; give a folder for "
+            f"--vector (or --vector alone for <stem>.gpkg beside each mask)"
+        )
+    jobs = []
+    for source in sources:
+        mask = output if is_file else output / f"{source.stem}.tif"
+        if vector_path is None:
+            vec = mask.with_suffix(".gpkg") if vector else None
+        elif vector_path.suffix.lower() == ".gpkg":
+            vec = vector_path
+        else:
+            vec = vector_path / f"{source.stem}.gpkg"
+        probs = mask.with_name(f"{mask.stem}_probabilities.tif") if probabilities else None
+        jobs.append(PredictJob(source, mask, vec, probs))
+    if not is_file:
+        ensure_folder(output)
+    return jobs

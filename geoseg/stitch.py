@@ -1,0 +1,247 @@
+"""Stitching chip predictions into one raster: blend weights, a row-band accumulator and
+streaming GeoTIFF writers finalised as Cloud Optimized GeoTIFFs.
+
+Overlapping chips are blended with cosine ramps that run only across the overlap with a
+neighbouring chip, so every pixel of the raster gets a positive total weight and the
+weights of two neighbours sum to one across their overlap (no seams, no edge fading).
+Only one band of ``chip size`` rows is held in memory at a time: memory grows with the
+raster's width, never with its height.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.windows import Window
+
+from geoseg.atomic import remove, temporary_name
+from geoseg.windows import Tile, TileGrid
+
+log = logging.getLogger(__name__)
+
+#: Block size of the temporary and final GeoTIFFs (pixels).
+BLOCK_SIZE = 512
+
+
+def ramp(overlap: int) -> np.ndarray:
+    """Rising cosine weights (overlap,) float64 in (0, 1); ``ramp + ramp[::-1] == 1``."""
+    if overlap <= 0:
+        return np.zeros(0)
+    return np.sin(0.5 * math.pi * (np.arange(overlap) + 0.5) / overlap) ** 2
+
+
+def axis_weights(size: int, overlap: int, *, before: bool, after: bool) -> np.ndarray:
+    """Weights (size,) along one axis of a chip; ramps only towards existing neighbours."""
+    weights = np.ones(size)
+    up = ramp(overlap)
+    if before and overlap:
+        weights[:overlap] = up
+    if after and overlap:
+        weights[size - overlap :] = up[::-1]
+    return weights
+
+
+class BlendWeights:
+    """Separable blend weights of every chip of a grid, cached by edge position."""
+
+    def __init__(self, grid: TileGrid) -> None:
+        self.grid = grid
+        self._cache: dict[tuple[bool, bool, bool, bool], np.ndarray] = {}
+
+    def rows(self, row: int) -> np.ndarray:
+        return axis_weights(
+            self.grid.size, self.grid.overlap, before=row > 0, after=row < self.grid.n_rows - 1
+        )
+
+    def cols(self, col: int) -> np.ndarray:
+        return axis_weights(
+            self.grid.size, self.grid.overlap, before=col > 0, after=col < self.grid.n_cols - 1
+        )
+
+    def __call__(self, tile: Tile) -> np.ndarray:
+        """Weights (size, size) float32 of ``tile``."""
+        key = (tile.row > 0, tile.row < self.grid.n_rows - 1, tile.col > 0,
+               tile.col < self.grid.n_cols - 1)
+        weights = self._cache.get(key)
+        if weights is None:
+            weights = np.outer(self.rows(tile.row), self.cols(tile.col)).astype(np.float32)
+            self._cache[key] = weights
+        return weights
+
+    def total_cols(self) -> np.ndarray:
+        """Sum of the column weights of all chips at each raster column (width,)."""
+        return self._total(self.grid.width, self.grid.n_cols, self.cols)
+
+    def total_rows(self, start: int, stop: int) -> np.ndarray:
+        """Sum of the row weights of all chips at raster rows ``start:stop``."""
+        return self._total(self.grid.height, self.grid.n_rows, self.rows)[start:stop]
+
+    def _total(self, extent: int, count: int, weights_of: Callable[[int], np.ndarray]):
+        step, size = self.grid.step, self.grid.size
+        total = np.zeros(step * (count - 1) + size)
+        for i in range(count):
+            total[i * step : i * step + size] += weights_of(i)
+        return total[:extent]
+
+
+class RowBandAccumulator:
+    """Weighted class scores for the band of raster rows the current chip row covers.
+
+    Feed chips of one grid row after another with ``add``; ``finish_row`` returns the
+    rows no later chip can touch (their blended scores and valid mask) and keeps the
+    overlap for the next chip row. Holds (channels, size, width) float32.
+    """
+
+    def __init__(self, grid: TileGrid, channels: int) -> None:
+        self.grid = grid
+        self.channels = channels
+        self.weights = BlendWeights(grid)
+        # Chips reach past the right edge; the buffer is wide enough to hold them whole.
+        padded = grid.step * (grid.n_cols - 1) + grid.size
+        self.scores = np.zeros((channels, grid.size, padded), np.float32)
+        self.valid = np.zeros((grid.size, padded), bool)
+        self.row = 0
+        self._col_totals = self.weights.total_cols().astype(np.float32)
+
+    @property
+    def top(self) -> int:
+        """The raster row at the top of the band."""
+        return self.row * self.grid.step
+
+    def add(self, tile: Tile, probabilities: np.ndarray, valid: np.ndarray) -> None:
+        """Add one chip's probabilities (channels, size, size) weighted by its blend weights."""
+        if tile.row != self.row:
+            raise ValueError(f"chip of grid row {tile.row} added while row {self.row} is open")
+        x0 = int(tile.window.col_off)
+        x1 = x0 + self.grid.size
+        self.scores[:, :, x0:x1] += probabilities * self.weights(tile)
+        self.valid[:, x0:x1] |= valid
+
+    def finish_row(self) -> tuple[int, np.ndarray, np.ndarray]:
+        """Close the current grid row: (first raster row, scores (C, n, width), valid (n, width)).
+
+        The scores are normalised by the total blend weight, so they are probabilities.
+        """
+        grid, top = self.grid, self.top
+        last = self.row == grid.n_rows - 1
+        done = min(grid.height - top, grid.size if last else grid.step)
+        width = grid.width
+        totals = np.outer(self.weights.total_rows(top, top + done), self._col_totals)
+        scores = self.scores[:, :done, :width] / totals.astype(np.float32)
+        valid = self.valid[:done, :width].copy()
+        keep = grid.size - grid.step
+        # Rows shared with the next chip row move to the top of the band.
+        self.scores[:, :keep] = self.scores[:, grid.step :]
+        self.scores[:, keep:] = 0
+        self.valid[:keep] = self.valid[grid.step :]
+        self.valid[keep:] = False
+        self.row += 1
+        return top, scores, valid
+
+
+class StripWriter:
+    """Writes horizontal strips of rows, in order, to a tiled GeoTIFF in whole block rows.
+
+    Rows are buffered until a full row of blocks is ready, so every block is written
+    once and compressed once.
+    """
+
+    def __init__(self, dataset: rasterio.io.DatasetWriter, block: int = BLOCK_SIZE) -> None:
+        self.dataset = dataset
+        self.block = block
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
+        self.next_row = 0
+
+    def write(self, row: int, strip: np.ndarray) -> None:
+        """Queue ``strip`` (bands, rows, width) that starts at raster row ``row``."""
+        if row != self.next_row + self._pending_rows:
+            raise ValueError(f"strip at row {row} written out of order")
+        self._pending.append(strip)
+        self._pending_rows += strip.shape[1]
+        if self._pending_rows >= self.block:
+            self._flush(whole_blocks=True)
+
+    def close(self) -> None:
+        self._flush(whole_blocks=False)
+
+    def _flush(self, *, whole_blocks: bool) -> None:
+        if not self._pending_rows:
+            return
+        data = np.concatenate(self._pending, axis=1) if len(self._pending) > 1 else self._pending[0]
+        rows = (self._pending_rows // self.block) * self.block if whole_blocks else self._pending_rows
+        window = Window(0, self.next_row, data.shape[2], rows)
+        self.dataset.write(data[:, :rows], window=window)
+        rest = data[:, rows:]
+        self._pending = [rest] if rest.shape[1] else []
+        self._pending_rows = rest.shape[1]
+        self.next_row += rows
+
+
+def tiled_profile(profile: dict, **overrides) -> dict:
+    """A tiled, compressed GeoTIFF profile for a temporary file on ``profile``'s grid."""
+    out = dict(profile)
+    out.update(
+        driver="GTiff",
+        tiled=True,
+        blockxsize=BLOCK_SIZE,
+        blockysize=BLOCK_SIZE,
+        compress="deflate",
+        zlevel=1,
+        bigtiff="if_safer",
+    )
+    out.update(overrides)
+    return out
+
+
+def write_cog(
+    src: str | Path | rasterio.io.DatasetReader,
+    dst: str | Path,
+    *,
+    resampling: str = "nearest",
+    predictor: bool = False,
+) -> Path:
+    """Copy a raster to ``dst`` as a Cloud Optimized GeoTIFF with overviews.
+
+    ``resampling`` names the overview resampling (nearest for class masks, average for
+    probabilities). Colour table, tags, nodata and band descriptions are kept.
+    """
+    options = dict(
+        COMPRESS="DEFLATE",
+        BLOCKSIZE=BLOCK_SIZE,
+        OVERVIEWS="IGNORE_EXISTING",
+        OVERVIEW_RESAMPLING=resampling.upper(),
+        RESAMPLING=resampling.upper(),
+        BIGTIFF="IF_SAFER",
+        NUM_THREADS="1",
+    )
+    if predictor:
+        options["PREDICTOR"] = "YES"
+    rasterio.shutil.copy(src, str(dst), driver="COG", **options)
+    return Path(dst)
+
+
+def scratch_path(final: Path) -> Path:
+    """A hidden temporary name beside ``final`` for intermediate files."""
+    return temporary_name(final)
+
+
+def remove_all(paths: Sequence[Path]) -> None:
+    for path in paths:
+        remove(path)
+        aux = Path(str(path) + ".aux.xml")
+        if aux.exists():
+            os.unlink(aux)
+
+
+def row_bands(height: int, rows: int) -> Iterator[tuple[int, int]]:
+    """(first row, number of rows) of consecutive strips of at most ``rows`` rows."""
+    for top in range(0, height, rows):
+        yield top, min(rows, height - top)
