@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from geoseg import plugins
-from geoseg.backend import CONTRACT_VERSION, Backend
+from geoseg.backend import CONTRACT_VERSION, Backend, ChipBatch
 from geoseg.errors import BackendError, OptionError
 
 BACKEND_MODULE = """
@@ -247,3 +249,31 @@ def test_create_backend_reads_a_config_file_and_pairs_override_it(fake_backend, 
     assert (backend.options.threshold, backend.options.scale) == (12.0, 5.0)
     with pytest.raises(OptionError, match=r"backend 'fake': unknown option 'treshold'.*threshold"):
         plugins.create_backend("fake", ["treshold=1"])
+
+
+def test_geoseg_backends_shows_a_broken_plugin_and_still_lists_the_others(installed, invoke):
+    installed("geoseg-lakes", "lakes", backend_source("lakes"), version="2.0")
+    installed("geoseg-oops", "oops", "raise RuntimeError('needs CUDA 13')\n", version="0.3")
+    installed("geoseg-future", "future", backend_source("future", contract=CONTRACT_VERSION + 1))
+
+    result = invoke("backends")
+    lines = result.output.splitlines()
+    lakes = next(line for line in lines if line.startswith("lakes "))
+    assert lakes.split()[:3] == ["lakes", "2.0", "geoseg-lakes"]
+    broken = lines[lines.index("broken plugins:") + 1 :]
+    assert any(
+        line.startswith("  oops (geoseg-oops 0.3): cannot import")
+        and "RuntimeError: needs CUDA 13" in line
+        for line in broken
+    )
+    assert any(
+        "future (geoseg-future 1.0)" in line and f"contract v{CONTRACT_VERSION + 1}" in line
+        for line in broken
+    )
+
+    records = json.loads(invoke("backends", "--json").output)
+    assert [b["name"] for b in records["backends"]] == ["lakes"]
+    assert {b["name"] for b in records["broken"]} == {"oops", "future"}
+    # A broken plugin does not stop a working backend from running.
+    batch = ChipBatch(np.zeros((1, 1, 8, 8), np.float32), np.ones((1, 8, 8), bool), ("a",), ())
+    assert plugins.create_backend("lakes").predict(batch).shape == (1, 2, 8, 8)

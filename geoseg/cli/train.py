@@ -1,0 +1,153 @@
+"""``geoseg train``: hand a chip dataset written by ``geoseg tile`` to a backend that trains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from geoseg.cli.options import quiet_option, seed_option
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    name = value.lower()
+    # cuda:N picks one GPU; accelerate sets the device per process itself.
+    if name in DEVICES or (name.startswith("cuda:") and name[5:].isdigit()):
+        return name
+    raise click.BadParameter(f"{value!r}; use auto, cpu, cuda, cuda:N or mps")
+
+
+@click.command()
+@click.argument("chips_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--backend",
+    "backend_name",
+    required=True,
+    metavar="NAME",
+    help="Backend to train (see geoseg backends).",
+)
+@click.option(
+    "-o",
+    "--output",
+    "output_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder for the trained model.",
+)
+@click.option(
+    "--model",
+    default=None,
+    metavar="PATH|HUB_ID",
+    help="Base checkpoint to start from (default: the backend's).",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Learning rate (default: the backend's).",
+)
+@click.option(
+    "--device", default="auto", show_default=True, callback=_device, metavar="auto|cpu|cuda|mps"
+)
+@click.option("--resume", is_flag=True, help="Continue the training saved in the output folder.")
+@click.option(
+    "--overwrite", is_flag=True, help="Train afresh into an output folder that is not empty."
+)
+@seed_option
+@click.option(
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Backend option (repeatable; see geoseg backends NAME).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="YAML/JSON file of backend options (--option overrides it).",
+)
+@quiet_option
+def train(
+    chips_dir: Path,
+    backend_name: str,
+    output_dir: Path,
+    model: str | None,
+    epochs: int,
+    batch_size: int,
+    lr: float | None,
+    device: str,
+    resume: bool,
+    overwrite: bool,
+    seed: int,
+    options: tuple[str, ...],
+    config_file: Path | None,
+    quiet: bool,
+) -> None:
+    """Train backend NAME on the chips and labels in CHIPS_DIR (made by geoseg tile --labels).
+
+    The backend receives the images, labels, train/val splits, classes and band names, and
+    saves its model in the output folder. Multi-GPU: accelerate launch -m geoseg train ...
+
+    Example:
+      geoseg train chips --backend segformer -o models/lakes --epochs 20
+    """
+    from geoseg.backend import TrainSettings
+    from geoseg.dataset import ChipDataset
+    from geoseg.errors import BackendError, BandError, LabelsError, OutputError
+    from geoseg.plugins import backend_infos, create_backend
+
+    backend = create_backend(backend_name, options, config_file)
+    if not backend.capabilities().trains:
+        trainers = [
+            name for name, info in backend_infos().items() if info.backend.capabilities().trains
+        ]
+        raise BackendError(
+            f"backend {backend_name!r} does not train"
+            + (
+                f"; backends that train: {', '.join(trainers)}"
+                if trainers
+                else "; no installed backend trains"
+            )
+            + " (see geoseg backends)"
+        )
+
+    dataset = ChipDataset.open(chips_dir)
+    if not dataset.has_labels:
+        raise LabelsError(
+            f"{chips_dir}: the chips have no labels; make the chip set with geoseg tile SRC "
+            f"-o {chips_dir} --labels LABELS"
+        )
+    wanted = backend.capabilities().bands
+    missing = [name for name in wanted if name not in dataset.band_names]
+    if missing:
+        raise BandError(
+            f"{chips_dir}: backend {backend_name!r} needs band {missing[0]!r} but the chips have "
+            f"{', '.join(dataset.band_names)}; re-tile with --bands naming it"
+        )
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputError(f"{output_dir}: exists and is not a folder; choose another -o")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not (resume or overwrite):
+        raise OutputError(
+            f"{output_dir}: folder is not empty; pass --resume to continue the training saved "
+            f"there, --overwrite to train afresh, or choose another -o"
+        )
+
+    settings = TrainSettings(
+        output_dir=output_dir,
+        model=model,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        device=device,
+        resume=resume,
+        seed=seed,
+        progress=not quiet,
+    )
+    saved = backend.train(dataset, settings)
+    click.echo(f"model saved to {saved}")
