@@ -85,6 +85,9 @@ def predict_raster(
     classes = backend.classes()
     if len(classes) < 1:
         raise BackendError(f"backend {backend.name!r} declares no output classes")
+    ensure_folder(out_path.parent)
+    if probabilities_path is not None:
+        ensure_folder(Path(probabilities_path).parent)
     with open_raster(src_path, bands) as source:
         names = tuple(capabilities.bands) or None
         if names:

@@ -1,0 +1,49 @@
+"""``geoseg evaluate``: per-class accuracy of a predicted mask against labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from geoseg.cli.options import quiet_option
+from geoseg.cli.predict import ChipProgress
+
+
+@click.command(short_help="Score a predicted mask against label rasters or polygons.")
+@click.argument("prediction", type=click.Path(path_type=Path))
+@click.argument("labels", type=click.Path(path_type=Path))
+@click.option("--classes", type=click.Path(path_type=Path), default=None,
+              help="Classes JSON (default: the classes in the prediction's tags).")
+@click.option("--label-field", default=None, metavar="NAME",
+              help="Vector labels: field of class ids or names (default: class_id, class, "
+              "label, class_name, name).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Also write the results as JSON.")
+@quiet_option
+def evaluate(prediction, labels, classes, label_field, json_path, quiet):
+    """Per-class IoU, F1, precision, recall, overall accuracy and confusion matrix.
+
+    LABELS is a class raster (any grid or CRS; nearest resampling onto the prediction)
+    or a vector file of labelled polygons (rasterized; uncovered pixels count as class
+    0). 255 and nodata in either file are left out.
+
+    \b
+    Example:
+      geoseg evaluate water.tif lakes.gpkg --json scores.json
+    """
+    from geoseg.atomic import atomic_output
+    from geoseg.classes import ClassMap
+    from geoseg.evaluate import evaluate_mask
+
+    class_map = ClassMap.read(classes) if classes else None
+    with ChipProgress(prediction.name, quiet=quiet, unit="window") as bar:
+        result = evaluate_mask(prediction, labels, classes=class_map, label_field=label_field,
+                               progress=bar)
+    click.echo(result.table())
+    if json_path is not None:
+        report = {"prediction": str(prediction), "labels": str(labels), **result.to_dict()}
+        with atomic_output(json_path) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
+        click.echo(f"json: {json_path}")

@@ -1,0 +1,133 @@
+"""``geoseg predict``: class masks (and polygons) for rasters with any installed backend."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from geoseg.cli.options import (
+    Progress,
+    bands_option,
+    dst_crs_option,
+    overlap_option,
+    overwrite_option,
+    quiet_option,
+    size_option,
+)
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    name = value.lower()
+    if name in DEVICES or (name.startswith("cuda:") and name[5:].isdigit()):
+        return name
+    raise click.BadParameter(f"{value!r}; use auto, cpu, cuda, cuda:N or mps")
+
+
+class ChipProgress(Progress):
+    """Adapts the engine's ``progress(done, total)`` callback to a progress bar."""
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.start(total)
+        self.bar.update(done - self.bar.n)
+
+
+@click.command(short_help="Predict class masks (and polygons) for rasters.")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Mask file (.tif) for one source, else a folder of <stem>.tif masks.")
+@click.option("--backend", "backend_name", required=True, metavar="NAME",
+              help="Backend that predicts (see geoseg backends).")
+@click.option("--model", default=None, metavar="PATH|HUB_ID",
+              help="Model weights: a local folder or hub id (default: the backend's).")
+@size_option(default=None)
+@overlap_option()
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Chips per backend call.")
+@click.option("--device", default="auto", show_default=True, callback=_device,
+              metavar="auto|cpu|cuda|mps")
+@click.option("--prompts", default=None, metavar="auto|PROMPTS.gpkg",
+              help="Prompts for promptable backends: 'auto' (from a water index, the default "
+              "for them) or a prompts file.")
+@click.option("--vector", is_flag=False, flag_value="", default=None, metavar="[OUT.gpkg|DIR]",
+              help="Also write polygons: to OUT.gpkg (one source), into DIR/<stem>.gpkg, or, "
+              "given alone, to <stem>.gpkg beside each mask.")
+@click.option("--min-area", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="With --vector: drop polygons smaller than this many square metres.")
+@click.option("--simplify", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="With --vector: simplification tolerance in metres (topology kept).")
+@dst_crs_option
+@click.option("--probabilities", is_flag=True,
+              help="Also write <stem>_probabilities.tif (float32, one band per class).")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Backend option (repeatable; see geoseg backends NAME).")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="YAML/JSON file of backend options (--option overrides it).")
+@bands_option
+@overwrite_option
+@quiet_option
+def predict(sources, output, backend_name, model, size, overlap, batch_size, device, prompts,
+            vector, min_area, simplify, dst_crs, probabilities, options, config_file, bands,
+            overwrite, quiet):
+    """Predict a class mask for each of SOURCES (GeoTIFFs or folders of them).
+
+    Each mask is a Cloud Optimized GeoTIFF of uint8 class ids on the source grid (255
+    where the source is nodata), with a colour table, class names in its tags and a QGIS
+    style <stem>.qml beside it. Outputs that already exist are skipped (--overwrite
+    redoes them), so an interrupted run resumes.
+
+    \b
+    Examples:
+      geoseg predict naip.tif -o water.tif --backend spectral --bands naip --vector
+      geoseg predict scenes/ -o masks/ --backend segformer --model ./model --vector
+    """
+    from geoseg.errors import OptionError
+    from geoseg.plugins import create_backend
+    from geoseg.predict import expand_sources, plan_outputs, predict_raster
+    from geoseg.raster import check_readable, parse_crs
+    from geoseg.vectorize import vectorize_mask
+
+    if prompts is not None and prompts != "auto":
+        check_readable(prompts, what="prompts")
+    parse_crs(dst_crs)
+    if (min_area or simplify) and vector is None:
+        raise OptionError("--min-area and --simplify shape the polygons of --vector; add --vector")
+    source_paths = expand_sources(sources)
+    single_file = len(sources) == 1 and not Path(sources[0]).is_dir()
+    vector_arg = True if vector == "" else vector
+    jobs = plan_outputs(source_paths, output, vector=vector_arg, probabilities=probabilities,
+                        single_file=single_file)
+    backend = None
+    written = skipped = 0
+    for job in jobs:
+        if job.complete() and not overwrite:
+            click.echo(f"{job.mask}: exists, skipped (--overwrite redoes it)", err=True)
+            skipped += 1
+            continue
+        if overwrite or not job.mask_complete():
+            if backend is None:
+                backend = create_backend(backend_name, options, config_file)
+                backend.load(model, device)
+            with ChipProgress(job.source.name, quiet=quiet) as bar:
+                predict_raster(
+                    backend, job.source, job.mask, bands=bands, size=size, overlap=overlap,
+                    batch_size=batch_size, prompts=prompts, dst_crs=dst_crs,
+                    probabilities_path=job.probabilities, progress=bar,
+                )
+            click.echo(f"mask: {job.mask}")
+            if job.probabilities:
+                click.echo(f"probabilities: {job.probabilities}")
+        if job.vector is not None:
+            with ChipProgress(f"{job.mask.name} polygons", quiet=quiet, unit="window") as bar:
+                vectorize_mask(job.mask, job.vector, min_area=min_area, simplify=simplify,
+                               progress=bar)
+            click.echo(f"polygons: {job.vector}")
+        written += 1
+    if len(jobs) > 1:
+        click.echo(f"{written} predicted, {skipped} already complete")
