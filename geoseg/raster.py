@@ -265,7 +265,10 @@ class RasterSource:
         return self.read(window)[1]
 
     def _valid(self, block: np.ndarray, window: Window) -> np.ndarray:
-        if self._masked or self._alpha:
+        if self._alpha:
+            # GDAL treats a trailing alpha band as the dataset mask only for 2 and 4 bands.
+            return self.dataset.read(self.dataset.count, window=window) > 0
+        if self._masked:
             return self.dataset.dataset_mask(window=window) > 0
         valid = np.ones(block.shape[1:], dtype=bool)
         if block.dtype.kind == "f":

@@ -331,38 +331,42 @@ def _assign_splits(chips: list[ChipEntry], settings: TileSettings) -> None:
 
 
 def _write_tiles(summary: TileSummary, out_dir: Path) -> None:
-    import geopandas as gpd
-    from shapely.geometry import box
+    """Footprints in tiles.gpkg, written with pyogrio's raw writer (no pandas import)."""
+    import shapely
+    from pyogrio.raw import write
+    from rasterio.warp import transform_geom
 
     chips = summary.chips
     crs = chips[0].tile.crs if chips else None
     geometries = []
     for entry in chips:
-        footprint = box(*entry.tile.bounds)
+        footprint = shapely.box(*entry.tile.bounds)
         if crs is not None and entry.tile.crs != crs:
-            footprint = (
-                gpd.GeoSeries([footprint], crs=entry.tile.crs)
-                .segmentize(max(entry.tile.bounds[2] - entry.tile.bounds[0], 1) / 16)
-                .to_crs(crs)
-                .iloc[0]
+            footprint = shapely.geometry.shape(
+                transform_geom(entry.tile.crs, crs, footprint.__geo_interface__, precision=-1)
             )
         geometries.append(footprint)
-    frame = gpd.GeoDataFrame(
-        {
-            "chip": [e.chip for e in chips],
-            "label": [e.label for e in chips],
-            "source": [e.source for e in chips],
-            "row": np.array([e.row for e in chips], dtype=np.int32),
-            "col": np.array([e.col for e in chips], dtype=np.int32),
-            "valid_fraction": [e.valid_fraction for e in chips],
-            "split": [e.split for e in chips],
-            "crs": [e.tile.crs.to_string() if e.tile.crs else None for e in chips],
-        },
-        geometry=geometries,
-        crs=crs,
-    )
+    fields = {
+        "chip": np.array([e.chip for e in chips], dtype=object),
+        "label": np.array([e.label for e in chips], dtype=object),
+        "source": np.array([e.source for e in chips], dtype=object),
+        "row": np.array([e.row for e in chips], dtype=np.int32),
+        "col": np.array([e.col for e in chips], dtype=np.int32),
+        "valid_fraction": np.array([e.valid_fraction for e in chips], dtype=np.float64),
+        "split": np.array([e.split for e in chips], dtype=object),
+        "crs": np.array([e.tile.crs.to_string() if e.tile.crs else None for e in chips], dtype=object),
+    }
     with atomic_output(out_dir / TILES_FILE) as tmp:
-        frame.to_file(tmp, layer=TILES_LAYER, driver="GPKG", engine="pyogrio")
+        write(
+            tmp,
+            geometry=shapely.to_wkb(np.array(geometries, dtype=object)),
+            field_data=list(fields.values()),
+            fields=list(fields),
+            crs=crs.to_wkt() if crs is not None else None,
+            geometry_type="Polygon",
+            driver="GPKG",
+            layer=TILES_LAYER,
+        )
 
 
 def _write_dataset_json(

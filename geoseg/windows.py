@@ -149,7 +149,7 @@ class TileGrid:
         if not (0 <= row < self.n_rows and 0 <= col < self.n_cols):
             raise IndexError(f"tile ({row}, {col}) is outside a {self.n_rows}x{self.n_cols} grid")
         window = Window(col * self.step, row * self.step, self.size, self.size)
-        transform = self.transform * Affine.translation(col * self.step, row * self.step)
+        transform = self.transform @ Affine.translation(col * self.step, row * self.step)
         return Tile(row, col, window, transform, self.crs)
 
     def __iter__(self) -> Iterator[Tile]:
