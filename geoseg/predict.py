@@ -48,6 +48,8 @@ from geoseg.windows import TileGrid, tile_grid
 log = logging.getLogger(__name__)
 
 RASTER_SUFFIXES = (".tif", ".tiff")
+#: Overlap between chips (pixels) unless asked otherwise; never more than a quarter chip.
+DEFAULT_OVERLAP = 64
 
 #: ``progress(chips_done, chips_total)``, called after every batch.
 Progress = Callable[[int, int], None]
@@ -60,7 +62,7 @@ def predict_raster(
     *,
     bands: str | None = None,
     size: int | str | None = None,
-    overlap: int | str = 64,
+    overlap: int | str | None = None,
     batch_size: int = 8,
     prompts: str | Path | None = None,
     dst_crs: str | None = None,
@@ -72,7 +74,8 @@ def predict_raster(
     The mask is uint8 class ids (255 where the source is nodata) on the source grid, or
     on ``dst_crs`` (nearest resampling), as a COG with colour table and class tags, with
     a QGIS ``.qml`` style beside it. ``size`` defaults to the backend's chip size;
-    ``size`` and ``overlap`` are pixels or metres (``"2560m"``). ``prompts``: None,
+    ``size`` and ``overlap`` are pixels or metres (``"2560m"``); ``overlap`` defaults to
+    64 px, at most a quarter of the chip. ``prompts``: None,
     ``"auto"`` or a prompts file; backends that need prompts default to ``"auto"``.
     ``probabilities_path`` also writes blended probabilities (float32, one band per
     class, NaN where nodata).
@@ -92,7 +95,10 @@ def predict_raster(
         names = tuple(capabilities.bands) or None
         if names:
             source.band_map.indexes(names, source=str(source.path))
-        grid = tile_grid(source, size if size is not None else capabilities.chip_size, overlap)
+        grid = tile_grid(source, size if size is not None else capabilities.chip_size, 0)
+        if overlap is None:
+            overlap = min(DEFAULT_OVERLAP, grid.size // 4)
+        grid = tile_grid(source, grid.size, overlap)
         with rasterio.Env(GDAL_CACHEMAX=_cache_bytes(source, grid)):
             backend.begin_raster(source)
             prompt_source = _prompt_source(backend, source, prompts)

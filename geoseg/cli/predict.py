@@ -11,7 +11,6 @@ from geoseg.cli.options import (
     Progress,
     bands_option,
     dst_crs_option,
-    overlap_option,
     overwrite_option,
     quiet_option,
     size_option,
@@ -47,7 +46,9 @@ class ChipProgress(Progress):
 @click.option("--model", default=None, metavar="PATH|HUB_ID",
               help="Model weights: a local folder or hub id (default: the backend's).")
 @size_option(default=None)
-@overlap_option()
+@click.option("--overlap", default=None, metavar="PX|METRES",
+              help="Overlap between neighbouring chips, in pixels or metres (m suffix). "
+              "Default: 64 px, at most a quarter of the chip size.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Chips per backend call.")
 @click.option("--device", default="auto", show_default=True, callback=_device,
