@@ -1,0 +1,118 @@
+"""The ``segformer`` backend: land-cover classes from a fine-tuned SegFormer."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from geoseg.backend import Backend, Capabilities, ChipBatch, TrainSettings, resolve_device
+from geoseg.classes import ClassMap
+from geoseg.errors import BackendError, BandError, WeightsError
+
+from geoseg_segformer.options import SegformerOptions
+
+if TYPE_CHECKING:
+    from geoseg.dataset import ChipDataset
+
+log = logging.getLogger(__name__)
+
+
+class _class_or_instance:
+    """A method that gets the class when called on the class, the instance otherwise."""
+
+    def __init__(self, func) -> None:
+        self.func = func
+        functools.update_wrapper(self, func)
+
+    def __get__(self, instance, owner):
+        return functools.partial(self.func, owner if instance is None else instance)
+
+
+class SegformerBackend(Backend):
+    """SegFormer (or another transformers semantic-segmentation model) on any bands."""
+
+    name = "segformer"
+    description = (
+        "SegFormer land-cover classes; trains LoRA adapters (or the full model) on "
+        "geoseg tile chip sets, any number of bands"
+    )
+    Options = SegformerOptions
+
+    def __init__(self, options: SegformerOptions | None = None) -> None:
+        super().__init__(options)
+        self._net: Any = None
+        self._settings: Any = None
+        self._device = "cpu"
+
+    @_class_or_instance
+    def capabilities(self_or_cls) -> Capabilities:  # noqa: N805
+        """Multi-class, trains; after ``load``, ``bands`` are the model's bands in input order."""
+        settings = getattr(self_or_cls, "_settings", None)
+        bands = tuple(settings.band_names) if not isinstance(self_or_cls, type) and settings else ()
+        return Capabilities(binary=False, trains=True, bands=bands, chip_size=512)
+
+    def load(self, model: str | None, device: str = "auto") -> None:
+        if not model:
+            raise WeightsError(
+                "segformer needs --model: a folder written by geoseg train, or a fine-tuned "
+                "SegFormer (hub id or folder) such as nvidia/segformer-b0-finetuned-ade-512-512"
+            )
+        from geoseg_segformer.model import load_for_prediction
+
+        self._device = resolve_device(device)
+        self._net, self._settings = load_for_prediction(str(model), self._device)
+        log.info(
+            "segformer: %s on %s, bands %s, classes %s",
+            model, self._device, ",".join(self._settings.band_names),
+            ",".join(self._settings.classes.names),
+        )  # fmt: skip
+
+    @property
+    def model_settings(self):
+        """The loaded model's settings (bands, normalisation, classes, base checkpoint)."""
+        if self._settings is None:
+            raise BackendError("segformer: call load(model) before predicting")
+        return self._settings
+
+    def classes(self) -> ClassMap:
+        return self.model_settings.classes
+
+    def predict(self, batch: ChipBatch) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        settings = self.model_settings
+        images = self._select_bands(batch)
+        mean = np.asarray(settings.mean, np.float32)[None, :, None, None]
+        std = np.asarray(settings.std, np.float32)[None, :, None, None]
+        pixels = (images.astype(np.float32, copy=False) - mean) / std
+        pixels *= batch.valid[:, None]
+        height, width = pixels.shape[-2:]
+        with torch.inference_mode():
+            tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(self._device)
+            logits = self._net(pixel_values=tensor).logits
+            logits = F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)
+            return torch.softmax(logits, dim=1).cpu().numpy().astype(np.float32, copy=False)
+
+    def _select_bands(self, batch: ChipBatch) -> np.ndarray:
+        wanted = tuple(self.model_settings.band_names)
+        given = tuple(batch.band_names)
+        if given == wanted:
+            return batch.images
+        missing = [b for b in wanted if b not in given]
+        if missing:
+            raise BandError(
+                f"{batch.source or 'the source'}: the model reads bands {', '.join(wanted)} but "
+                f"the source has {', '.join(given)}; name its bands with --bands, e.g. "
+                + ",".join(f"{b}={i}" for i, b in enumerate(wanted, start=1))
+            )
+        return batch.images[:, [given.index(b) for b in wanted]]
+
+    def train(self, dataset: ChipDataset, settings: TrainSettings) -> Path:
+        from geoseg_segformer.train import train_segformer
+
+        return train_segformer(dataset, settings, self.options)
