@@ -11,7 +11,8 @@ lie in [-1, 1]; the HSV rule is a 0..1 water score (see ``hsv_score``).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,7 +20,7 @@ import xarray as xr
 from affine import Affine
 from rasterio.windows import Window
 
-from geoseg.errors import BandError, OptionError
+from geoseg.errors import BandError, OptionError, OutputError
 
 if TYPE_CHECKING:
     from geoseg.raster import RasterSource
@@ -77,13 +78,13 @@ def check_bands(index: str, band_names: Sequence[str], *, source: str = "the ras
     if not missing:
         return
     usable = [name for name, needed in INDICES.items() if names.issuperset(needed)]
-    hint = (
-        f"use --index {' or '.join(usable)}"
-        if usable
-        else "name the bands with --bands (e.g. --bands naip or --bands green=2,nir=4)"
-    )
-    if usable and any(name.startswith("band") for name in band_names):
-        hint += " or name the bands with --bands"
+    if usable:
+        hint = (
+            f"use --index {' or '.join(usable)}, or name the {missing[0]} band with --bands "
+            f"if the file has one"
+        )
+    else:
+        hint = "name the bands with --bands (e.g. --bands naip or --bands green=2,nir=4)"
     raise BandError(
         f"{source}: index {index.lower()} needs band {missing[0]!r} but the bands are "
         f"{', '.join(band_names)}; {hint}"
@@ -283,3 +284,69 @@ def index_array(
 def _chunk_sizes(extent: int, chunk: int) -> tuple[int, ...]:
     full, rest = divmod(extent, chunk)
     return (chunk,) * full + ((rest,) if rest else ())
+
+
+def write_index(
+    source: RasterSource,
+    index: str,
+    path: str | Path,
+    *,
+    block: int = 512,
+    on_start: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+    **params: Any,
+) -> Path:
+    """Write the index of ``source`` as a float32 GeoTIFF on the source grid, atomically.
+
+    Tiled (``block`` px, a multiple of 16), deflate-compressed; nodata is NaN and covers the
+    source's nodata and masked pixels. Written window by window; ``on_start`` gets the
+    number of windows and ``progress`` is called with 1 after each.
+    """
+    import rasterio
+
+    from geoseg.atomic import atomic_output
+
+    index = index.lower()
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name such as {index}.tif")
+    if path.suffix.lower() not in {".tif", ".tiff"}:
+        raise OutputError(f"{path}: indices are written as GeoTIFF; give a name ending in .tif")
+    check_bands(index, source.band_names, source=str(source.path))
+    names = required_bands(index)
+    if block % 16:
+        raise OptionError(f"block size {block} must be a multiple of 16")
+    profile = source.profile(
+        dtype="float32",
+        count=1,
+        nodata=float("nan"),
+        tiled=True,
+        blockxsize=block,
+        blockysize=block,
+        compress="deflate",
+        predictor=3,
+        BIGTIFF="IF_SAFER",
+    )
+    windows = [
+        Window(col0, row0, min(block, source.width - col0), min(block, source.height - row0))
+        for row0 in range(0, source.height, block)
+        for col0 in range(0, source.width, block)
+    ]
+    if on_start is not None:
+        on_start(len(windows))
+    with atomic_output(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.set_band_description(1, index)
+        dst.update_tags(
+            1,
+            index=index,
+            formula=INDEX_DESCRIPTIONS[index],
+            bands=",".join(names),
+            source=source.path.name,
+            **{k: str(v) for k, v in params.items() if v is not None},
+        )
+        for window in windows:
+            data, valid = source.read(window, names)
+            dst.write(compute_index(data, names, index, valid, **params), 1, window=window)
+            if progress is not None:
+                progress(1)
+    return path

@@ -14,16 +14,35 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import geopandas as gpd
 import numpy as np
+import pandas as pd
+from rasterio.crs import CRS
+from rasterio.windows import Window
 
+from geoseg.atomic import atomic_output
 from geoseg.backend import Prompts
-from geoseg.errors import OptionError
-from geoseg.indices import required_bands
-from geoseg.masks import Area, dilate_mask, interior_distance, parse_threshold
+from geoseg.errors import InputFileError, MissingCRSError, OptionError, OutputError
+from geoseg.indices import check_bands, compute_index, required_bands
+from geoseg.masks import (
+    Area,
+    clean_mask,
+    dilate_mask,
+    interior_distance,
+    parse_threshold,
+    raster_threshold,
+    threshold_mask,
+)
+from geoseg.raster import check_readable
+from geoseg.windows import Tile, tile_grid
+
+if TYPE_CHECKING:
+    from geoseg.raster import Chip, RasterSource
 
 log = logging.getLogger(__name__)
 
@@ -248,3 +267,464 @@ def prompts_from_mask(
     The mask is used as given: clean it first (``geoseg.masks.clean_mask``) if needed.
     """
     return sample_prompts(mask, settings, rng, valid).prompts
+
+
+# Prompt sources: per-chip prompts for the chips of one raster ----------------------------
+
+
+class PromptSource:
+    """Prompts for the chips of one raster; ``for_chip`` is all the predict engine calls."""
+
+    def for_chip(self, chip: Chip) -> Prompts:
+        """Prompts in pixel coordinates of ``chip``."""
+        raise NotImplementedError
+
+
+class AutoPrompts(PromptSource):
+    """Prompts drawn from a spectral index of ``source``, with one threshold for the raster.
+
+    Each chip's mask is thresholded and cleaned over the chip plus a margin, so components
+    and distances to the bank do not change at chip edges; the random draws of chip
+    (row, col) depend only on the seed and that position.
+    """
+
+    def __init__(
+        self, source: RasterSource, settings: PromptSettings, threshold: float | None = None
+    ) -> None:
+        self.source = source
+        self.settings = settings
+        check_bands(settings.index, source.band_names, source=str(source.path))
+        self.bands = required_bands(settings.index)
+        self.threshold = (
+            float(threshold)
+            if threshold is not None
+            else raster_threshold(
+                source,
+                settings.index,
+                settings.threshold,
+                seed=settings.seed,
+                **settings.index_params,
+            )
+        )
+        self.min_size, self.fill_holes = settings.cleanup_pixels(source)
+        reach = max(
+            settings.erode,
+            settings.negative_buffer,
+            settings.opening,
+            settings.closing,
+            math.isqrt(max(self.min_size, self.fill_holes)),
+        )
+        self.margin = int(min(256, max(32, 2 * reach + 2)))
+
+    def coarse_mask(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """The cleaned water mask and valid mask of ``window`` (H, W) bool, no margin."""
+        values, valid = self._index(window)
+        mask = threshold_mask(values, self.threshold, valid)
+        return self._clean(mask, valid), valid
+
+    def _index(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        data, valid = self.source.read(window, self.bands)
+        values = compute_index(
+            data, self.bands, self.settings.index, valid, **self.settings.index_params
+        )
+        return values, valid
+
+    def _clean(self, mask: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        s = self.settings
+        return clean_mask(
+            mask,
+            min_size=self.min_size,
+            fill_holes=self.fill_holes,
+            opening=s.opening,
+            closing=s.closing,
+            valid=valid,
+        )
+
+    def chip_prompts(self, tile: Tile) -> ChipPrompts:
+        """Prompts of ``tile`` with the component each point and box belongs to."""
+        m = self.margin
+        window = tile.window
+        padded = Window(
+            int(window.col_off) - m,
+            int(window.row_off) - m,
+            int(window.width) + 2 * m,
+            int(window.height) + 2 * m,
+        )
+        values, valid = self._index(padded)
+        mask = self._clean(threshold_mask(values, self.threshold, valid), valid)
+        distance = interior_distance(mask)
+        outside = ~dilate_mask(mask, self.settings.negative_buffer)
+        inner = (slice(m, m + tile.height), slice(m, m + tile.width))
+        return sample_prompts(
+            mask[inner],
+            self.settings,
+            chip_rng(self.settings.seed, tile.row, tile.col),
+            valid[inner],
+            distance=distance[inner],
+            outside=outside[inner],
+        )
+
+    def for_chip(self, chip: Chip) -> Prompts:
+        return self.chip_prompts(chip.tile).prompts
+
+
+def auto_prompts(source: RasterSource, settings: PromptSettings) -> AutoPrompts:
+    """Prompts from ``settings.index`` of ``source``; the threshold is computed here, once."""
+    return AutoPrompts(source, settings)
+
+
+def _label_values(table: gpd.GeoDataFrame, path: Path) -> np.ndarray:
+    """Point labels 1/0 from a ``label`` column; a missing column or empty value is 1."""
+    if "label" not in table.columns:
+        return np.ones(len(table), np.int64)
+    labels = []
+    for value in table["label"]:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            labels.append(1)
+        elif isinstance(value, str):
+            text = value.strip().lower()
+            if text in {"1", "positive", "pos", "water", "true", "yes", "+"}:
+                labels.append(1)
+            elif text in {"0", "negative", "neg", "background", "false", "no", "-"}:
+                labels.append(0)
+            elif text == "":
+                labels.append(1)
+            else:
+                raise InputFileError(
+                    f"{path}: point label {value!r} is neither 1 (positive) nor 0 (negative); "
+                    f"fix the label column"
+                )
+        else:
+            labels.append(1 if float(value) > 0 else 0)
+    return np.asarray(labels, np.int64)
+
+
+@dataclass
+class PromptFeatures:
+    """Georeferenced prompts: ``points`` (label, chip, component) and ``boxes`` (chip,
+    component) GeoDataFrames in one CRS."""
+
+    points: gpd.GeoDataFrame
+    boxes: gpd.GeoDataFrame
+    threshold: float | None = None
+    chips: int = 0
+
+    @property
+    def crs(self):
+        return self.points.crs
+
+    @property
+    def positive(self) -> int:
+        return int((self.points["label"] == 1).sum())
+
+    @property
+    def negative(self) -> int:
+        return int((self.points["label"] == 0).sum())
+
+    def to_crs(self, crs) -> PromptFeatures:
+        return PromptFeatures(
+            self.points.to_crs(crs), self.boxes.to_crs(crs), self.threshold, self.chips
+        )
+
+
+def _empty_points(crs) -> gpd.GeoDataFrame:
+    return gpd.GeoDataFrame(
+        {
+            "label": np.zeros(0, np.int64),
+            "chip": np.zeros(0, object),
+            "component": np.zeros(0, np.int64),
+        },
+        geometry=gpd.GeoSeries([], crs=crs),
+        crs=crs,
+    )
+
+
+def chip_id(tile: Tile) -> str:
+    """The id of a chip in prompts files: ``r<row>_c<col>`` of the tile grid."""
+    return f"r{tile.row:03d}_c{tile.col:03d}"
+
+
+def prompt_features(
+    source: RasterSource,
+    settings: PromptSettings,
+    *,
+    size: int | str = 512,
+    overlap: int | str = 64,
+    prompts: AutoPrompts | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> PromptFeatures:
+    """Automatic prompts for every chip of a tile grid, as map features in the raster CRS.
+
+    Points sit at pixel centres. Chips overlap, so a stretch of water in an overlap gets
+    points from each chip that holds it. ``progress`` is called with 1 after each chip.
+    """
+    import shapely
+
+    prompts = prompts or auto_prompts(source, settings)
+    grid = tile_grid(source, size, overlap)
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    point_rows: dict[str, list] = {"label": [], "chip": [], "component": []}
+    box_geoms: list = []
+    box_rows: dict[str, list] = {"chip": [], "component": []}
+    for tile in grid:
+        found = prompts.chip_prompts(tile)
+        name = chip_id(tile)
+        p = found.prompts
+        if len(p.points):
+            x, y = tile.transform @ (p.points[:, 0].astype(np.float64), p.points[:, 1])
+            xs.append(np.asarray(x))
+            ys.append(np.asarray(y))
+            point_rows["label"].extend(p.labels.tolist())
+            point_rows["chip"].extend([name] * len(p.points))
+            point_rows["component"].extend(found.point_components.tolist())
+        for box, component in zip(p.boxes.astype(np.float64), found.box_components, strict=True):
+            corners = np.array(
+                [[box[0], box[1]], [box[2], box[1]], [box[2], box[3]], [box[0], box[3]]]
+            )
+            bx, by = tile.transform @ (corners[:, 0], corners[:, 1])
+            box_geoms.append(shapely.Polygon(np.stack([bx, by], axis=1)))
+            box_rows["chip"].append(name)
+            box_rows["component"].append(int(component))
+        if progress is not None:
+            progress(1)
+    crs = source.crs
+    if xs:
+        points = gpd.GeoDataFrame(
+            {
+                k: np.asarray(v, dtype=object if k == "chip" else np.int64)
+                for k, v in point_rows.items()
+            },
+            geometry=gpd.points_from_xy(np.concatenate(xs), np.concatenate(ys)),
+            crs=crs,
+        )
+    else:
+        points = _empty_points(crs)
+    boxes = gpd.GeoDataFrame(
+        {
+            "chip": np.asarray(box_rows["chip"], dtype=object),
+            "component": np.asarray(box_rows["component"], np.int64),
+        },
+        geometry=gpd.GeoSeries(box_geoms, crs=crs),
+        crs=crs,
+    )
+    return PromptFeatures(points, boxes, prompts.threshold, len(grid))
+
+
+# Prompts files ---------------------------------------------------------------------------
+
+PROMPT_FORMATS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
+
+
+def check_prompts_path(path: str | Path) -> Path:
+    """``path`` if geoseg can write prompts there (.gpkg, .geojson), else ``OutputError``."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name such as prompts.gpkg")
+    if path.suffix.lower() not in PROMPT_FORMATS:
+        raise OutputError(
+            f"{path}: prompts are written as GeoPackage (.gpkg) or GeoJSON (.geojson); "
+            f"change the file extension"
+        )
+    return path
+
+
+def write_prompts(path: str | Path, features: PromptFeatures) -> Path:
+    """Write prompts atomically: a GeoPackage with layers ``points`` and ``boxes`` in the
+    features' CRS, or one GeoJSON FeatureCollection in EPSG:4326 (RFC 7946) whose features
+    carry ``prompt`` = point or box."""
+    import pyogrio
+
+    path = check_prompts_path(path)
+    driver = PROMPT_FORMATS[path.suffix.lower()]
+    with atomic_output(path) as tmp:
+        if driver == "GPKG":
+            pyogrio.write_dataframe(
+                features.points, tmp, layer="points", driver="GPKG", geometry_type="Point"
+            )
+            pyogrio.write_dataframe(
+                features.boxes,
+                tmp,
+                layer="boxes",
+                driver="GPKG",
+                geometry_type="Polygon",
+                append=True,
+            )
+        else:
+            wgs84 = features.to_crs("EPSG:4326")
+            points = wgs84.points.assign(prompt="point")
+            boxes = wgs84.boxes.assign(prompt="box")
+            table = pd.concat([points, boxes], ignore_index=True)
+            table = gpd.GeoDataFrame(table, geometry="geometry", crs="EPSG:4326")
+            table["label"] = table["label"].astype("Int64")
+            pyogrio.write_dataframe(table, tmp, driver="GeoJSON", layer_options={"RFC7946": "YES"})
+    return path
+
+
+def read_prompts(path: str | Path) -> PromptFeatures:
+    """Points and boxes from a prompts file in its own CRS (any vector format GDAL reads).
+
+    Every layer is read: points (and multipoints) are point prompts, labelled by a
+    ``label`` column (1 positive, 0 negative; missing means positive); polygons are boxes
+    (their bounding boxes). Chip ids are kept when present but not needed.
+    """
+    import pyogrio
+
+    path = check_readable(path, what="prompts")
+    try:
+        layers = [str(name) for name, _ in pyogrio.list_layers(path)]
+    except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:
+        raise InputFileError(
+            f"{path}: not a vector file geoseg can read ({str(exc).splitlines()[0]}); give a "
+            f"GeoPackage or GeoJSON of prompts"
+        ) from None
+    point_tables: list[gpd.GeoDataFrame] = []
+    box_tables: list[gpd.GeoDataFrame] = []
+    crs = None
+    for layer in layers:
+        table = gpd.read_file(path, layer=layer, engine="pyogrio")
+        if table.empty or "geometry" not in table:
+            continue
+        if table.crs is None:
+            raise MissingCRSError(
+                f"{path}: layer {layer!r} has no CRS; assign the CRS of the coordinates "
+                f"(in QGIS: Layer > Set CRS) and save again"
+            )
+        crs = crs or table.crs
+        table = table[~table.geometry.is_empty & table.geometry.notna()].to_crs(crs)
+        if "prompt" in table.columns and "label" in table.columns:
+            table.loc[table["prompt"].astype(str) == "box", "label"] = None
+        table = table.explode(index_parts=False, ignore_index=True)
+        kinds = table.geometry.geom_type
+        points = table[kinds == "Point"]
+        if len(points):
+            point_tables.append(
+                gpd.GeoDataFrame(
+                    {
+                        "label": _label_values(points, path),
+                        "chip": points["chip"].astype(object).to_numpy()
+                        if "chip" in points
+                        else np.full(len(points), None, object),
+                        "component": np.zeros(len(points), np.int64),
+                    },
+                    geometry=points.geometry.to_numpy(),
+                    crs=crs,
+                )
+            )
+        polygons = table[kinds == "Polygon"]
+        if len(polygons):
+            box_tables.append(
+                gpd.GeoDataFrame(
+                    {
+                        "chip": polygons["chip"].astype(object).to_numpy()
+                        if "chip" in polygons
+                        else np.full(len(polygons), None, object),
+                        "component": np.zeros(len(polygons), np.int64),
+                    },
+                    geometry=polygons.geometry.to_numpy(),
+                    crs=crs,
+                )
+            )
+        ignored = len(table) - len(points) - len(polygons)
+        if ignored:
+            log.warning(
+                "%s: layer %s: ignored %d features that are neither points nor polygons",
+                path,
+                layer,
+                ignored,
+            )
+    if not point_tables and not box_tables:
+        raise InputFileError(
+            f"{path}: holds no point or polygon features; draw prompts as points (with a "
+            f"label column, 1 water / 0 not water) or as boxes (polygons)"
+        )
+    points = (
+        gpd.GeoDataFrame(pd.concat(point_tables, ignore_index=True), crs=crs)
+        if point_tables
+        else _empty_points(crs)
+    )
+    boxes = (
+        gpd.GeoDataFrame(pd.concat(box_tables, ignore_index=True), crs=crs)
+        if box_tables
+        else gpd.GeoDataFrame({"chip": [], "component": []}, geometry=gpd.GeoSeries([], crs=crs))
+    )
+    return PromptFeatures(points, boxes)
+
+
+class FilePrompts(PromptSource):
+    """Prompts from a file, mapped onto chips of a raster in any CRS.
+
+    A point belongs to every chip that contains it; a box to every chip it overlaps, by
+    at least a pixel each way, clipped to the chip.
+    """
+
+    def __init__(self, features: PromptFeatures, crs) -> None:
+        if crs is None:
+            raise MissingCRSError("the raster has no CRS, so prompts cannot be placed on it")
+        self.features = features
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._in_crs(crs)
+
+    def _in_crs(self, crs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Point x, y (N, 2), labels (N,) and box bounds (M, 4) in map units of ``crs``."""
+        import shapely
+
+        key = CRS.from_user_input(crs).to_wkt()
+        if key not in self._cache:
+            points = self.features.points.to_crs(crs)
+            xy = shapely.get_coordinates(points.geometry.to_numpy())
+            boxes = self.features.boxes
+            if len(boxes) and not boxes.crs.equals(crs):
+                # Densify first so the reprojected outline, and its envelope, bend as it should.
+                width = np.maximum(
+                    np.ptp(boxes.geometry.bounds.to_numpy()[:, [0, 2]], axis=1),
+                    np.ptp(boxes.geometry.bounds.to_numpy()[:, [1, 3]], axis=1),
+                )
+                dense = shapely.segmentize(boxes.geometry.to_numpy(), np.maximum(width, 1e-9) / 16)
+                boxes = gpd.GeoSeries(dense, crs=boxes.crs).to_crs(crs)
+            else:
+                boxes = boxes.geometry
+            bounds = boxes.bounds.to_numpy().reshape(-1, 4) if len(boxes) else np.zeros((0, 4))
+            labels = self.features.points["label"].to_numpy(np.int64)
+            self._cache[key] = (xy.reshape(-1, 2), labels, bounds)
+        return self._cache[key]
+
+    def for_chip(self, chip: Chip) -> Prompts:
+        return self.for_tile(chip.tile)
+
+    def for_tile(self, tile: Tile) -> Prompts:
+        """Prompts of the chip of ``tile`` in its pixel coordinates."""
+        xy, labels, bounds = self._in_crs(tile.crs)
+        inverse = ~tile.transform
+        height, width = tile.shape
+        points = np.zeros((0, 2))
+        kept = np.zeros(0, np.int64)
+        if len(xy):
+            px, py = inverse @ (xy[:, 0], xy[:, 1])
+            px, py = np.asarray(px), np.asarray(py)
+            inside = (px >= 0) & (px < width) & (py >= 0) & (py < height)
+            points = np.stack([px[inside], py[inside]], axis=1)
+            kept = labels[inside]
+        boxes = np.zeros((0, 4))
+        if len(bounds):
+            corners_x = bounds[:, [0, 2, 2, 0]]
+            corners_y = bounds[:, [1, 1, 3, 3]]
+            cx, cy = inverse @ (corners_x.ravel(), corners_y.ravel())
+            cx = np.asarray(cx).reshape(-1, 4)
+            cy = np.asarray(cy).reshape(-1, 4)
+            boxes = np.stack(
+                [
+                    np.clip(cx.min(1), 0, width),
+                    np.clip(cy.min(1), 0, height),
+                    np.clip(cx.max(1), 0, width),
+                    np.clip(cy.max(1), 0, height),
+                ],
+                axis=1,
+            )
+            boxes = boxes[(boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)]
+        return Prompts(points=points, labels=kept, boxes=boxes)
+
+
+def file_prompts(path: str | Path, source: RasterSource) -> FilePrompts:
+    """Prompts from a GeoPackage or GeoJSON file, reprojected onto the grid of ``source``."""
+    return FilePrompts(read_prompts(path), source.crs)
