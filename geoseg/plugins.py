@@ -204,7 +204,7 @@ def _load_entry_points(registry: _Registry) -> None:
                     name,
                     origin.distribution,
                     origin.version,
-                    f"cannot import {entry_point.value}: {type(exc).__name__}: {exc}",
+                    f"cannot import {entry_point.value}: {_one_line(exc)}",
                 )
             )
             continue
@@ -231,7 +231,7 @@ def _register(pm: pluggy.PluginManager, plugin: Any, name: str) -> str | None:
     try:
         pm.register(plugin, name=name)
     except Exception as exc:  # pluggy's validation errors and duplicate names
-        return f"cannot register: {exc}"
+        return f"cannot register: {_one_line(exc, with_type=False)}"
     callers = pm.get_hookcallers(plugin) or []
     unknown = sorted(caller.name for caller in callers if caller.spec is None)
     if unknown:
@@ -245,6 +245,14 @@ def _register(pm: pluggy.PluginManager, plugin: Any, name: str) -> str | None:
             "register_backends(register) function with @geoseg.hookspecs.hookimpl"
         )
     return None
+
+
+def _one_line(exc: BaseException, *, with_type: bool = True) -> str:
+    """An exception as one line: ``broken plugins`` are listed one per line."""
+    text = " ".join(str(exc).split())
+    if not with_type:
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _hook_names() -> list[str]:
@@ -298,7 +306,7 @@ def _collect() -> _Registry:
                 impl.function(**{arg: register for arg in impl.argnames})
             except Exception as exc:  # third-party hook code
                 log.debug("register_backends of %s raised", plugin_name, exc_info=True)
-                broken(f"register_backends raised {type(exc).__name__}: {exc}")
+                broken(f"register_backends raised {_one_line(exc)}")
         registry.backends = dict(sorted(found.items()))
         registry.hook_errors = errors
         registry.collected_for = state

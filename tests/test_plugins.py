@@ -277,3 +277,22 @@ def test_geoseg_backends_shows_a_broken_plugin_and_still_lists_the_others(instal
     # A broken plugin does not stop a working backend from running.
     batch = ChipBatch(np.zeros((1, 1, 8, 8), np.float32), np.ones((1, 8, 8), bool), ("a",), ())
     assert plugins.create_backend("lakes").predict(batch).shape == (1, 2, 8, 8)
+
+
+def test_syntax_errors_and_bad_hook_signatures_are_one_line_errors(installed):
+    installed("geoseg-syntax", "syntax", "def broken(:\n    pass\n")
+    installed(
+        "geoseg-args",
+        "args",
+        """
+        from geoseg.hookspecs import hookimpl
+
+        @hookimpl
+        def register_backends(registry):
+            pass
+        """,
+    )
+    errors = {b.name: b.error for b in plugins.broken_plugins()}
+    assert errors["syntax"].startswith("cannot import geoseg_syntax_syntax_plugin: SyntaxError")
+    assert "cannot register" in errors["args"] and "registry" in errors["args"]
+    assert all("\n" not in error for error in errors.values())
