@@ -56,7 +56,7 @@ def parse_crs(value: str | CRS | None, *, what: str = "--dst-crs") -> CRS | None
         text = f"EPSG:{text}"
     try:
         return CRS.from_user_input(text)
-    except CRSError:
+    except (CRSError, ValueError):
         raise OptionError(
             f"{what} {value!r} is not a CRS geoseg understands; use e.g. EPSG:32718"
         ) from None
