@@ -421,6 +421,10 @@ def plan_outputs(
         else:
             vec = vector_path / f"{source.stem}.gpkg"
         probs = mask.with_name(f"{mask.stem}_probabilities.tif") if probabilities else None
+        for path in (mask, vec, probs):
+            if path is not None and path.exists() and path.resolve() == source.resolve():
+                raise OutputError(f"{path}: the output would overwrite its source; choose "
+                                  f"another output name or folder")
         jobs.append(PredictJob(source, mask, vec, probs))
     if not is_file:
         ensure_folder(output)
