@@ -155,8 +155,6 @@ def raster_threshold(
     check_bands(index, source.band_names, source=str(source.path))
     if threshold != "otsu":
         return float(threshold)
-    from skimage.filters import threshold_otsu
-
     sampling = {k: params.pop(k) for k in ("max_windows", "window_size", "seed") if k in params}
     counts, centres = index_histogram(source, index, **sampling, **params)
     if counts.sum() == 0:
@@ -170,11 +168,37 @@ def raster_threshold(
             f"{source.path}: {index} is constant ({centres[used[0]]:.3f}) over the raster, so "
             f"Otsu has nothing to separate; give --threshold VALUE"
         )
-    # Trim empty bins at both ends: Otsu's between-class variance ignores them anyway.
-    first, last = used[0], used[-1] + 1
-    value = float(threshold_otsu(hist=(counts[first:last], centres[first:last])))
+    value = otsu_threshold(counts, centres)
     log.info("%s: Otsu threshold of %s is %.4f", source.path, index, value)
     return value
+
+
+def otsu_threshold(counts: np.ndarray, centres: np.ndarray) -> float:
+    """Otsu's threshold of a histogram: values above it are the upper class.
+
+    As ``skimage.filters.threshold_otsu(hist=...)``, except that when several thresholds
+    separate the classes equally well (a gap of empty bins between two modes), the middle
+    of that range is returned rather than its lower end, which would sit on one mode.
+    """
+    counts = np.asarray(counts, np.float64)
+    centres = np.asarray(centres, np.float64)
+    lower = np.cumsum(counts)
+    upper = np.cumsum(counts[::-1])[::-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lower_mean = np.cumsum(counts * centres) / lower
+        upper_mean = (np.cumsum((counts * centres)[::-1]) / upper[::-1])[::-1]
+    between = lower[:-1] * upper[1:] * (lower_mean[:-1] - upper_mean[1:]) ** 2
+    between = np.nan_to_num(between, nan=-1.0)
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
+    # The run of equally good thresholds that holds the first maximum.
+    run_end = best[0]
+    for i in best[1:]:
+        if i != run_end + 1:
+            break
+        run_end = i
+    if run_end == best[0]:
+        return float(centres[best[0]])
+    return float((centres[best[0]] + centres[run_end + 1]) / 2)
 
 
 def threshold_mask(

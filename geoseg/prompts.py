@@ -317,10 +317,26 @@ class AutoPrompts(PromptSource):
         self.margin = int(min(256, max(32, 2 * reach + 2)))
 
     def coarse_mask(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        """The cleaned water mask and valid mask of ``window`` (H, W) bool, no margin."""
-        values, valid = self._index(window)
-        mask = threshold_mask(values, self.threshold, valid)
-        return self._clean(mask, valid), valid
+        """The cleaned water mask and valid mask of ``window`` (H, W) bool.
+
+        Cleaned over the window plus the margin, so it agrees with the masks of
+        neighbouring windows where they overlap.
+        """
+        mask, valid, inner = self._padded_mask(window)
+        return mask[inner], valid[inner]
+
+    def _padded_mask(self, window: Window) -> tuple[np.ndarray, np.ndarray, tuple[slice, slice]]:
+        m = self.margin
+        padded = Window(
+            int(window.col_off) - m,
+            int(window.row_off) - m,
+            int(window.width) + 2 * m,
+            int(window.height) + 2 * m,
+        )
+        values, valid = self._index(padded)
+        mask = self._clean(threshold_mask(values, self.threshold, valid), valid)
+        inner = (slice(m, m + int(window.height)), slice(m, m + int(window.width)))
+        return mask, valid, inner
 
     def _index(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         data, valid = self.source.read(window, self.bands)
@@ -342,19 +358,9 @@ class AutoPrompts(PromptSource):
 
     def chip_prompts(self, tile: Tile) -> ChipPrompts:
         """Prompts of ``tile`` with the component each point and box belongs to."""
-        m = self.margin
-        window = tile.window
-        padded = Window(
-            int(window.col_off) - m,
-            int(window.row_off) - m,
-            int(window.width) + 2 * m,
-            int(window.height) + 2 * m,
-        )
-        values, valid = self._index(padded)
-        mask = self._clean(threshold_mask(values, self.threshold, valid), valid)
+        mask, valid, inner = self._padded_mask(tile.window)
         distance = interior_distance(mask)
         outside = ~dilate_mask(mask, self.settings.negative_buffer)
-        inner = (slice(m, m + tile.height), slice(m, m + tile.width))
         return sample_prompts(
             mask[inner],
             self.settings,
@@ -408,6 +414,7 @@ class PromptFeatures:
     boxes: gpd.GeoDataFrame
     threshold: float | None = None
     chips: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)
 
     @property
     def crs(self):
@@ -423,7 +430,11 @@ class PromptFeatures:
 
     def to_crs(self, crs) -> PromptFeatures:
         return PromptFeatures(
-            self.points.to_crs(crs), self.boxes.to_crs(crs), self.threshold, self.chips
+            self.points.to_crs(crs),
+            self.boxes.to_crs(crs),
+            self.threshold,
+            self.chips,
+            dict(self.metadata),
         )
 
 
@@ -508,7 +519,16 @@ def prompt_features(
         geometry=gpd.GeoSeries(box_geoms, crs=crs),
         crs=crs,
     )
-    return PromptFeatures(points, boxes, prompts.threshold, len(grid))
+    metadata = {
+        "source": source.path.name,
+        "index": settings.index,
+        "threshold": repr(prompts.threshold),
+        "threshold_method": "otsu" if settings.threshold == "otsu" else "given",
+        "chip_size": str(grid.size),
+        "overlap": str(grid.overlap),
+        "settings": repr(settings),
+    }
+    return PromptFeatures(points, boxes, prompts.threshold, len(grid), metadata)
 
 
 # Prompts files ---------------------------------------------------------------------------
@@ -532,7 +552,11 @@ def check_prompts_path(path: str | Path) -> Path:
 def write_prompts(path: str | Path, features: PromptFeatures) -> Path:
     """Write prompts atomically: a GeoPackage with layers ``points`` and ``boxes`` in the
     features' CRS, or one GeoJSON FeatureCollection in EPSG:4326 (RFC 7946) whose features
-    carry ``prompt`` = point or box."""
+    carry ``prompt`` = point or box.
+
+    In a GeoPackage, the ``points`` layer's metadata records the index, threshold and
+    settings that drew the prompts.
+    """
     import pyogrio
 
     path = check_prompts_path(path)
@@ -540,7 +564,12 @@ def write_prompts(path: str | Path, features: PromptFeatures) -> Path:
     with atomic_output(path) as tmp:
         if driver == "GPKG":
             pyogrio.write_dataframe(
-                features.points, tmp, layer="points", driver="GPKG", geometry_type="Point"
+                features.points,
+                tmp,
+                layer="points",
+                driver="GPKG",
+                geometry_type="Point",
+                layer_metadata=features.metadata or None,
             )
             pyogrio.write_dataframe(
                 features.boxes,

@@ -44,8 +44,11 @@ def test_otsu_threshold_separates_water_from_land_over_the_whole_raster(make_ras
         assert counts.sum() == 60 * 90 - 100  # every valid pixel, no nodata
         data, valid = source.read(source.dataset.window(*source.bounds), ["green", "nir"])
     values = (data[0].astype(float) - data[1]) / np.maximum(data[0].astype(float) + data[1], 1)
-    assert -0.3 < threshold < 0.4
-    assert threshold == pytest.approx(threshold_otsu(values[valid]), abs=0.05)
+    water = values[:, :30][valid[:, :30]]
+    land = values[:, 30:][valid[:, 30:]]
+    # The modes do not overlap: Otsu's threshold is the middle of the gap between them.
+    assert land.max() < threshold < water.min()
+    assert threshold == pytest.approx((land.max() + water.min()) / 2, abs=0.01)
     assert raster_threshold(source, "ndwi", 0.25) == 0.25
     assert raster_threshold(source, "ndwi", "0.1") == 0.1
 
@@ -132,3 +135,17 @@ def test_areas_in_square_metres_need_a_projected_crs():
     Grid.crs = CRS.from_epsg(4326)
     with pytest.raises(OptionError, match="geographic.*pixels"):
         area_pixels("5000m2", Grid())
+
+
+def test_otsu_on_a_histogram_matches_scikit_image_and_splits_clean_gaps_in_the_middle():
+    from geoseg.masks import otsu_threshold
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(-0.4, 0.1, 5000), rng.normal(0.3, 0.15, 2000)])
+    counts, edges = np.histogram(values, bins=400, range=(-1, 1))
+    centres = (edges[:-1] + edges[1:]) / 2
+    assert otsu_threshold(counts, centres) == pytest.approx(threshold_otsu(hist=(counts, centres)))
+    gap = np.zeros(200)
+    gap[20], gap[150] = 500, 300
+    centres = np.linspace(-1, 1, 200)
+    assert otsu_threshold(gap, centres) == pytest.approx((centres[20] + centres[150]) / 2)
