@@ -92,7 +92,9 @@ def trainer(fake_backend, register_backend):
     return FakeTrainer
 
 
-def test_train_hands_the_chip_set_and_settings_to_the_backend(invoke, chips, trainer, tmp_path):
+def test_train_hands_the_chip_set_and_settings_to_the_backend(
+    invoke, chips, trainer, tmp_path, monkeypatch
+):
     out = tmp_path / "model"
     result = invoke(
         "train",
@@ -137,6 +139,9 @@ def test_train_hands_the_chip_set_and_settings_to_the_backend(invoke, chips, tra
     assert "folder is not empty; pass --resume" in result.output
     invoke("train", chips, "--backend", "fake-trainer", "-o", out, "--resume", "-q")
     assert trainer.seen[-1][1].resume is True
+    # Later ranks of a distributed run see the folder the first one is writing.
+    monkeypatch.setenv("RANK", "1")
+    invoke("train", chips, "--backend", "fake-trainer", "-o", out, "-q")
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -132,7 +133,15 @@ def train(
         )
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputError(f"{output_dir}: exists and is not a folder; choose another -o")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not (resume or overwrite):
+    # Under accelerate/torchrun every process runs this command; only the first checks,
+    # or a rank that starts late would find the folder its peers just began writing.
+    first_process = os.environ.get("RANK", "0") == "0"
+    if (
+        first_process
+        and output_dir.is_dir()
+        and any(output_dir.iterdir())
+        and not (resume or overwrite)
+    ):
         raise OutputError(
             f"{output_dir}: folder is not empty; pass --resume to continue the training saved "
             f"there, --overwrite to train afresh, or choose another -o"
