@@ -202,3 +202,18 @@ def test_python_dash_m_geoseg_train_runs_the_same_command(tmp_path):
         "geoseg: error: backend 'spectral' does not train; no installed backend trains "
         "(see geoseg backends)"
     )
+
+
+def test_backends_with_every_plugin_switched_off(invoke, monkeypatch):
+    from geoseg.plugins import reset_plugin_manager
+
+    monkeypatch.setenv("GEOSEG_PLUGINS", "")
+    reset_plugin_manager()
+    try:
+        output = invoke("backends").output
+        assert output.startswith("no backends installed")
+        assert "GEOSEG_PLUGINS='' restricts which plugins load" in output
+        assert json.loads(invoke("backends", "--json").output) == {"backends": [], "broken": []}
+    finally:
+        monkeypatch.undo()
+        reset_plugin_manager()
