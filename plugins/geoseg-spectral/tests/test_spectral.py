@@ -105,7 +105,7 @@ def test_otsu_threshold_is_computed_once_for_the_whole_raster(tmp_path):
     backend = create_backend("spectral")
     with open_raster(path) as source:
         backend.begin_raster(source)
-        assert -0.31 < backend.threshold < 0.3
+        assert -0.05 < backend.threshold < 0.05  # the middle of the gap between the modes
         tiles = [t for t in tile_grid(source, 16, 0) if t.col == 3]  # cols 48..63: water
         chips = [source.read_chip(t, ("green", "nir")) for t in tiles]
         batch = ChipBatch(
