@@ -12,7 +12,6 @@ import numpy as np
 from geoseg.backend import Backend, Capabilities, ChipBatch, TrainSettings, resolve_device
 from geoseg.classes import ClassMap
 from geoseg.errors import BackendError, BandError, WeightsError
-
 from geoseg_segformer.options import SegformerOptions
 
 if TYPE_CHECKING:
@@ -95,7 +94,9 @@ class SegformerBackend(Backend):
         with torch.inference_mode():
             tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(self._device)
             logits = self._net(pixel_values=tensor).logits
-            logits = F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)
+            logits = F.interpolate(
+                logits.float(), size=(height, width), mode="bilinear", align_corners=False
+            )
             return torch.softmax(logits, dim=1).cpu().numpy().astype(np.float32, copy=False)
 
     def _select_bands(self, batch: ChipBatch) -> np.ndarray:

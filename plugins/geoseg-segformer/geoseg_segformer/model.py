@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,7 +115,12 @@ def quiet_transformers() -> Iterator[None]:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        yield
+        with warnings.catch_warnings():
+            # peft probes model.is_gradient_checkpointing, which transformers 5.x deprecates.
+            warnings.filterwarnings(
+                "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+            )
+            yield
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
@@ -130,7 +136,9 @@ def load_pretrained(checkpoint: str, classes: ClassMap | None = None):
     from transformers import AutoModelForSemanticSegmentation
 
     local = Path(checkpoint).expanduser()
-    looks_local = local.exists() or checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") > 1
+    looks_local = (
+        local.exists() or checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") > 1
+    )
     if looks_local and not (local / "config.json").is_file():
         raise WeightsError(
             f"{checkpoint}: not a model folder (no config.json); give a folder written by "
@@ -244,7 +252,9 @@ def head_modules(model) -> list[str]:
     backbone = {getattr(model, "base_model_prefix", ""), "backbone"}
     names = [name for name, _ in model.named_children() if name not in backbone]
     if not names:
-        raise BackendError(f"cannot tell the decode head of {type(model).__name__} from its backbone")
+        raise BackendError(
+            f"cannot tell the decode head of {type(model).__name__} from its backbone"
+        )
     return names
 
 
@@ -252,7 +262,9 @@ def lora_targets(model) -> list[str]:
     """Default LoRA targets: the attention query and value projections, by name."""
     from torch import nn
 
-    linear = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    linear = {
+        name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)
+    }
     for pair in QUERY_VALUE_NAMES:
         if set(pair) <= linear:
             return list(pair)
@@ -277,7 +289,8 @@ def apply_lora(model, options, trained_modules: Sequence[str]):
         modules_to_save=list(trained_modules),
     )
     try:
-        return get_peft_model(model, config)
+        with quiet_transformers():
+            return get_peft_model(model, config)
     except ValueError as exc:
         raise OptionError(f"target_modules {','.join(targets)}: {_first_line(exc)}") from None
 
@@ -303,10 +316,7 @@ def normalization_for_plain(folder: Path | None, channels: int) -> tuple[tuple, 
         data = json.loads(processor.read_text())
         mean = tuple(data.get("image_mean") or mean)
         std = tuple(data.get("image_std") or std)
-        if data.get("do_rescale", True):
-            scale = float(data.get("rescale_factor") or scale)
-        else:
-            scale = 1.0
+        scale = float(data.get("rescale_factor") or scale) if data.get("do_rescale", True) else 1.0
     if len(mean) != channels:
         mean, std = (float(np.mean(mean)),) * channels, (float(np.mean(std)),) * channels
     return tuple(m / scale for m in mean), tuple(s / scale for s in std)

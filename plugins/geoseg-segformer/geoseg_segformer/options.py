@@ -46,7 +46,9 @@ class SegformerOptions:
             parts = [p.strip() for p in self.target_modules.split(",") if p.strip()]
             object.__setattr__(self, "target_modules", tuple(parts))
         if any(not name for name in self.target_modules):
-            raise ValueError("target_modules must be comma-separated module names, e.g. q_proj,v_proj")
+            raise ValueError(
+                "target_modules must be comma-separated module names, e.g. q_proj,v_proj"
+            )
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.warmup_fraction < 1:

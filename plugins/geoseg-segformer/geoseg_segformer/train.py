@@ -37,7 +37,6 @@ from geoseg.backend import TrainSettings, resolve_device
 from geoseg.classes import IGNORE_INDEX, ClassMap
 from geoseg.dataset import ChipDataset
 from geoseg.errors import InputFileError, LabelsError, OptionError
-
 from geoseg_segformer.augment import augment_batch
 from geoseg_segformer.chips import ChipTensors, band_statistics, dataset_classes
 from geoseg_segformer.metrics import confusion_matrix, segmentation_scores
@@ -87,12 +86,6 @@ def train_segformer(
     state = _read_state(checkpoint) if settings.resume else None
     if settings.resume and state is None:
         log.info("%s: no checkpoint to resume from; training from the start", output)
-    if main:
-        ensure_folder(output)
-        if not settings.resume:
-            # geoseg train only lets a fresh run into a non-empty folder with --overwrite.
-            _remove_previous(output)
-
     if state is not None:
         base_model = state["base_model"]
         classes = ClassMap.from_json(state["classes"], source=str(checkpoint / STATE_FILE))
@@ -122,6 +115,12 @@ def train_segformer(
     if options.lora:
         trained = head_modules(model) + ([conv_name] if conv_name else [])
         model = apply_lora(model, options, trained)
+    if main:
+        # Only now that the weights loaded: a missing checkpoint leaves no folder behind.
+        ensure_folder(output)
+        if not settings.resume:
+            # geoseg train only lets a fresh run into a non-empty folder with --overwrite.
+            _remove_previous(output)
     trainable, total = parameter_counts(model)
     percent = 100.0 * trainable / total
     _report(
@@ -250,7 +249,9 @@ def _splits(dataset: ChipDataset):
     train = [r for r in records if r.split == "train"]
     val = [r for r in records if r.split == "val"]
     if not train:
-        raise LabelsError(f"{dataset.root}: no chips in the train split; re-tile with a validation fraction below 1")
+        raise LabelsError(
+            f"{dataset.root}: no chips in the train split; re-tile with a validation fraction below 1"
+        )
     if not val:
         log.warning("%s: no validation chips; validating on the training chips", dataset.root)
         val = train
@@ -281,7 +282,9 @@ def _logits(model, images, size):
     return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
 
 
-def _train_epoch(accelerator, model, loader, optimizer, scheduler, generator, options, *, desc, show):
+def _train_epoch(
+    accelerator, model, loader, optimizer, scheduler, generator, options, *, desc, show
+):
     model.train()
     losses = []
     with tqdm(
@@ -312,7 +315,9 @@ def _train_epoch(accelerator, model, loader, optimizer, scheduler, generator, op
 
 def _validate(accelerator, model, loader, num_classes: int, *, show):
     model.eval()
-    confusion = torch.zeros((num_classes, num_classes), dtype=torch.int64, device=accelerator.device)
+    confusion = torch.zeros(
+        (num_classes, num_classes), dtype=torch.int64, device=accelerator.device
+    )
     loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     pixels = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     with torch.no_grad(), tqdm(

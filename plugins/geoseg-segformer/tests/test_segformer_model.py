@@ -1,0 +1,117 @@
+"""Model pieces on a tiny SegFormer: band widening, LoRA targets, scores, augmentation, options."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from geoseg_segformer.augment import augment_batch
+from geoseg_segformer.metrics import confusion_matrix, segmentation_scores
+from geoseg_segformer.model import adapt_input_bands, apply_lora, input_conv, lora_targets
+from geoseg_segformer.options import SegformerOptions
+
+from geoseg.config import build_options
+from geoseg.errors import BandError, OptionError
+
+
+@pytest.fixture
+def segformer(tiny_config):
+    from transformers import SegformerForSemanticSegmentation
+
+    torch.manual_seed(0)
+    return SegformerForSemanticSegmentation(tiny_config(num_labels=3)).eval()
+
+
+def test_rgb_bands_keep_the_pretrained_embedding(segformer):
+    _, conv = input_conv(segformer)
+    assert adapt_input_bands(segformer, ("red", "green", "blue")) is None
+    assert input_conv(segformer)[1] is conv
+
+
+def test_widened_embedding_keeps_rgb_filters_and_starts_nir_from_their_mean(segformer):
+    name, conv = input_conv(segformer)
+    rgb = conv.weight.detach().clone()
+    assert adapt_input_bands(segformer, ("blue", "red", "nir", "green")) == name
+    wide = input_conv(segformer)[1].weight.detach()
+    assert wide.shape[1] == 4 and segformer.config.num_channels == 4
+    assert torch.equal(wide[:, 0], rgb[:, 2])  # blue
+    assert torch.equal(wide[:, 1], rgb[:, 0])  # red
+    assert torch.equal(wide[:, 3], rgb[:, 1])  # green
+    assert torch.allclose(wide[:, 2], rgb.mean(dim=1))  # nir
+    assert segformer(pixel_values=torch.zeros(1, 4, 32, 32)).logits.shape == (1, 3, 8, 8)
+
+
+def test_grayscale_embedding_equals_feeding_the_band_as_rgb(segformer):
+    image = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        as_rgb = segformer(pixel_values=image.expand(1, 3, 32, 32)).logits
+        adapt_input_bands(segformer, ("gray",))
+        as_gray = segformer(pixel_values=image).logits
+    torch.testing.assert_close(as_gray, as_rgb, atol=1e-5, rtol=1e-4)
+
+
+def test_a_checkpoint_for_other_bands_is_refused(segformer):
+    adapt_input_bands(segformer, ("red", "green", "blue", "nir"))
+    with pytest.raises(BandError, match="takes 4 bands but the chips have 2"):
+        adapt_input_bands(segformer, ("red", "nir"))
+
+
+def test_lora_targets_are_found_by_name_and_only_they_train(segformer):
+    targets = lora_targets(segformer)
+    names = {n.rsplit(".", 1)[-1] for n, _ in segformer.named_modules()}
+    # transformers 5.x calls them q_proj/v_proj, 4.x query/value: whichever is installed.
+    assert targets in (["q_proj", "v_proj"], ["query", "value"])
+    assert set(targets) <= names
+    model = apply_lora(segformer, SegformerOptions(r=4), ["decode_head"])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable
+    for name in trainable:
+        assert "lora_" in name or "decode_head.modules_to_save" in name, name
+    assert any(f"{targets[0]}.lora_A" in n for n in trainable)
+    assert not any("k_proj.lora" in n or "key.lora" in n for n in trainable)
+
+
+def test_unknown_target_modules_name_the_option(segformer):
+    with pytest.raises(OptionError, match="target_modules"):
+        apply_lora(segformer, SegformerOptions(target_modules=("nonexistent",)), ["decode_head"])
+
+
+def test_scores_from_a_known_confusion_matrix():
+    target = torch.tensor([[0, 0, 1, 1], [2, 2, 255, 255]])
+    pred = torch.tensor([[0, 1, 1, 1], [2, 0, 2, 1]])
+    confusion = confusion_matrix(pred, target, 3).numpy()
+    assert confusion.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    scores = segmentation_scores(confusion, ["other", "water", "vegetation"])
+    assert scores["per_class"]["other"] == {"iou": pytest.approx(1 / 3), "accuracy": 0.5}
+    assert scores["per_class"]["water"] == {"iou": pytest.approx(2 / 3), "accuracy": 1.0}
+    assert scores["per_class"]["vegetation"]["iou"] == pytest.approx(0.5)
+    assert scores["mean_iou"] == pytest.approx((1 / 3 + 2 / 3 + 0.5) / 3)
+    assert scores["accuracy"] == pytest.approx(4 / 6)
+    empty = segmentation_scores(np.zeros((2, 2)), ["a", "b"])
+    assert empty["mean_iou"] is None and empty["per_class"]["a"]["iou"] is None
+
+
+def test_augmentation_moves_labels_with_the_pixels():
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 3, (16, 8, 8))
+    images = labels[:, None].float().repeat(1, 2, 1, 1)
+    valid = torch.ones(16, 8, 8, dtype=torch.bool)
+    valid[:, 0, :] = False
+    out_images, out_labels, out_valid = augment_batch(images, labels, valid, generator, jitter=0)
+    assert torch.equal(out_images[:, 0], out_labels.float())
+    assert not torch.equal(out_labels, labels)  # something was flipped or turned
+    jittered, _, jitter_valid = augment_batch(images, labels, valid, generator, jitter=0.5)
+    assert (jittered * ~jitter_valid[:, None]).abs().sum() == 0
+    assert not torch.equal(jittered[:, 0], jittered[:, 1])  # bands jitter independently
+
+
+def test_options_from_key_value_pairs_are_validated_by_field():
+    options = build_options(SegformerOptions, ["r=8", "alpha=32", "target_modules=q_proj,k_proj"])
+    assert (options.r, options.alpha, options.target_modules) == (8, 32.0, ("q_proj", "k_proj"))
+    assert build_options(SegformerOptions, ["lora=false"]).lora is False
+    with pytest.raises(OptionError, match="r must be a positive integer"):
+        build_options(SegformerOptions, ["r=0"])
+    with pytest.raises(OptionError, match="bias"):
+        build_options(SegformerOptions, ["bias=some"])
+    with pytest.raises(OptionError, match="dropout"):
+        build_options(SegformerOptions, ["dropout=1.5"])
