@@ -59,10 +59,6 @@ HSV_DEFAULTS: dict[str, tuple[float, float]] = {
 HSV_SOFTNESS: dict[str, float] = {"hue": 20.0, "saturation": 0.05, "value": 0.02}
 
 
-def index_names() -> list[str]:
-    return list(INDICES)
-
-
 def required_bands(index: str) -> tuple[str, ...]:
     """Band names ``index`` reads, e.g. ``("green", "nir")`` for ndwi."""
     try:

@@ -326,3 +326,20 @@ def test_hand_drawn_prompts_in_another_crs_without_labels_or_chip_ids(make_raste
     empty.to_file(tmp_path / "empty.gpkg")
     with open_raster(path) as source, pytest.raises(InputFileError, match="no point or polygon"):
         file_prompts(tmp_path / "empty.gpkg", source)
+
+
+def test_preview_reads_a_bounded_overview_with_its_own_transform(make_raster):
+    from geoseg.preview import composite_bands, read_overview
+    from geoseg.raster import open_raster
+
+    path = make_raster(bands=3, width=300, height=200, dtype="uint16")
+    with open_raster(path, "rgb") as source:
+        view = read_overview(source, ["red", "green", "blue"], max_size=100)
+        assert view.shape == (67, 100) and view.data.shape == (3, 67, 100)
+        # Overview pixel (0, 0) covers 3 x 3 source pixels from the raster origin.
+        assert view.transform.c == source.transform.c and view.transform.f == source.transform.f
+        assert view.transform.a == pytest.approx(source.transform.a * 3)
+        col, row = view.to_pixels(*(source.transform @ (150, 100)))
+        assert col == pytest.approx(50) and row == pytest.approx(33.5, abs=0.05)
+    assert composite_bands(["red", "green", "blue", "nir"])[1] == "true colour"
+    assert composite_bands(["swir1", "nir", "red", "green"])[0] == ("swir1", "nir", "red")
