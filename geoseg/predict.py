@@ -34,7 +34,7 @@ from geoseg.errors import BackendError, InputFileError, OptionError, OutputError
 from geoseg.raster import Chip, RasterSource, open_raster, parse_crs
 from geoseg.stitch import (
     BLOCK_SIZE,
-    RowBandAccumulator,
+    ChipBlender,
     StripWriter,
     remove_all,
     row_bands,
@@ -121,9 +121,18 @@ def predict_raster(
 
 
 def _cache_bytes(source: RasterSource, grid: TileGrid) -> int:
-    """A GDAL block cache holding two chip rows of the source, so overlaps are read once."""
-    row_band = grid.width * grid.size * source.count * source.dtype.itemsize
-    return int(min(max(32 << 20, 2 * row_band), 512 << 20))
+    """GDAL's block cache: enough for the blocks of a chip and its neighbours.
+
+    A striped file (blocks as wide as the raster) needs the blocks of a whole chip row
+    so that chips side by side do not decompress the same strips again.
+    """
+    block_rows, block_cols = source.dataset.block_shapes[0]
+    pixel = source.count * source.dtype.itemsize
+    if block_cols >= source.width:
+        need = 2 * (grid.size + block_rows) * source.width * pixel
+    else:
+        need = 4 * (grid.size + block_rows) * (grid.size + block_cols) * pixel
+    return int(min(max(32 << 20, need), 512 << 20))
 
 
 def _prompt_source(backend: Backend, source: RasterSource, prompts: str | Path | None):
@@ -200,7 +209,7 @@ def _stream(
     band_names = names or source.band_names
     channels = len(classes)
     class_ids = np.array(classes.ids, dtype=np.uint8)
-    accumulator = RowBandAccumulator(grid, channels)
+    blender = ChipBlender(grid, channels)
     base = source.profile(count=1, dtype="uint8", nodata=IGNORE_INDEX)
     mask_file = rasterio.open(mask_tmp, "w", **tiled_profile(base))
     prob_file = None
@@ -209,16 +218,8 @@ def _stream(
                                      predictor=3)
         prob_file = rasterio.open(prob_tmp, "w", **prob_profile)
     total, done = len(grid), 0
-
-    def emit() -> None:
-        top, scores, valid = accumulator.finish_row()
-        mask = class_ids[np.argmax(scores, axis=0)]
-        mask[~valid] = IGNORE_INDEX
-        mask_writer.write(top, mask[None])
-        if prob_writer is not None:
-            scores[:, ~valid] = np.nan
-            prob_writer.write(top, scores)
-
+    last_col = grid.n_cols - 1
+    mask_strip = prob_strip = None
     try:
         write_class_metadata(mask_file, classes)
         mask_writer = StripWriter(mask_file)
@@ -240,17 +241,29 @@ def _stream(
                     chips, probabilities = batch, None
                 else:
                     chips = batch.chips
-                    probabilities = _run_backend(backend, batch, band_names, channels)
+                    probabilities = _run_backend(backend, batch, band_names, channels,
+                                                 source.path)
                 for i, chip in enumerate(chips):
-                    while chip.tile.row > accumulator.row:
-                        emit()
-                    if probabilities is not None:
-                        accumulator.add(chip.tile, probabilities[i], chip.valid)
+                    chip_probs = None if probabilities is None else probabilities[i]
+                    top, left, finished = blender.add(chip.tile, chip_probs)
+                    rows, cols = finished.shape[1:]
+                    if chip.tile.col == 0:
+                        mask_strip = np.empty((1, rows, grid.width), np.uint8)
+                        if prob_writer is not None:
+                            prob_strip = np.empty((channels, rows, grid.width), np.float32)
+                    valid = chip.valid[:rows, :cols]
+                    ids = class_ids[np.argmax(finished, axis=0)]
+                    ids[~valid] = IGNORE_INDEX
+                    mask_strip[0, :, left : left + cols] = ids
+                    if prob_strip is not None:
+                        prob_strip[:, :, left : left + cols] = np.where(valid, finished, np.nan)
+                    if chip.tile.col == last_col:
+                        mask_writer.write(top, mask_strip)
+                        if prob_writer is not None:
+                            prob_writer.write(top, prob_strip)
                 done += len(chips)
                 if progress is not None:
                     progress(done, total)
-        while accumulator.row < grid.n_rows:
-            emit()
         mask_writer.close()
         if prob_writer is not None:
             prob_writer.close()
@@ -260,14 +273,16 @@ def _stream(
             prob_file.close()
 
 
-def _run_backend(backend: Backend, batch: _Batch, band_names, channels: int) -> np.ndarray:
+def _run_backend(
+    backend: Backend, batch: _Batch, band_names, channels: int, source_path: Path
+) -> np.ndarray:
     chip_batch = ChipBatch(
         images=batch.images,
         valid=batch.valid,
         band_names=tuple(band_names),
         tiles=tuple(chip.tile for chip in batch.chips),
         prompts=batch.prompts,
-        source=None,
+        source=source_path,
     )
     result = np.asarray(backend.predict(chip_batch))
     n, _, height, width = batch.images.shape

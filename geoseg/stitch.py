@@ -4,8 +4,9 @@ streaming GeoTIFF writers finalised as Cloud Optimized GeoTIFFs.
 Overlapping chips are blended with cosine ramps that run only across the overlap with a
 neighbouring chip, so every pixel of the raster gets a positive total weight and the
 weights of two neighbours sum to one across their overlap (no seams, no edge fading).
-Only one band of ``chip size`` rows is held in memory at a time: memory grows with the
-raster's width, never with its height.
+Chips are blended as they stream in; only the overlap rows below the current chip row
+(over the raster's width) and the overlap right of the current chip are held, so memory
+does not grow with the raster's height and only by ``overlap`` rows with its width.
 """
 
 from __future__ import annotations
@@ -91,59 +92,66 @@ class BlendWeights:
         return total[:extent]
 
 
-class RowBandAccumulator:
-    """Weighted class scores for the band of raster rows the current chip row covers.
+class ChipBlender:
+    """Blends chip predictions streamed in grid order, holding only what is unfinished.
 
-    Feed chips of one grid row after another with ``add``; ``finish_row`` returns the
-    rows no later chip can touch (their blended scores and valid mask) and keeps the
-    overlap for the next chip row. Holds (channels, size, width) float32.
+    Feed every chip of the grid, row by row and left to right, to ``add``; each call
+    returns the part of the raster that no later chip touches (the chip's top-left
+    ``step`` x ``step`` pixels, more at the last row and column) with its blended
+    probabilities. Held in memory: the overlap rows below the current chip row over the
+    raster's width, and the overlap columns right of the current chip.
     """
 
     def __init__(self, grid: TileGrid, channels: int) -> None:
         self.grid = grid
         self.channels = channels
         self.weights = BlendWeights(grid)
-        # Chips reach past the right edge; the buffer is wide enough to hold them whole.
-        padded = grid.step * (grid.n_cols - 1) + grid.size
-        self.scores = np.zeros((channels, grid.size, padded), np.float32)
-        self.valid = np.zeros((grid.size, padded), bool)
-        self.row = 0
-        self._col_totals = self.weights.total_cols().astype(np.float32)
-
-    @property
-    def top(self) -> int:
-        """The raster row at the top of the band."""
-        return self.row * self.grid.step
-
-    def add(self, tile: Tile, probabilities: np.ndarray, valid: np.ndarray) -> None:
-        """Add one chip's probabilities (channels, size, size) weighted by its blend weights."""
-        if tile.row != self.row:
-            raise ValueError(f"chip of grid row {tile.row} added while row {self.row} is open")
-        x0 = int(tile.window.col_off)
-        x1 = x0 + self.grid.size
-        self.scores[:, :, x0:x1] += probabilities * self.weights(tile)
-        self.valid[:, x0:x1] |= valid
-
-    def finish_row(self) -> tuple[int, np.ndarray, np.ndarray]:
-        """Close the current grid row: (first raster row, scores (C, n, width), valid (n, width)).
-
-        The scores are normalised by the total blend weight, so they are probabilities.
-        """
-        grid, top = self.grid, self.top
-        last = self.row == grid.n_rows - 1
-        done = min(grid.height - top, grid.size if last else grid.step)
-        width = grid.width
-        totals = np.outer(self.weights.total_rows(top, top + done), self._col_totals)
-        scores = self.scores[:, :done, :width] / totals.astype(np.float32)
-        valid = self.valid[:done, :width].copy()
         keep = grid.size - grid.step
-        # Rows shared with the next chip row move to the top of the band.
-        self.scores[:, :keep] = self.scores[:, grid.step :]
-        self.scores[:, keep:] = 0
-        self.valid[:keep] = self.valid[grid.step :]
-        self.valid[keep:] = False
-        self.row += 1
-        return top, scores, valid
+        # Chips reach past the right edge; the carry is wide enough to hold them whole.
+        padded = grid.step * (grid.n_cols - 1) + grid.size
+        self._below = np.zeros((channels, keep, padded), np.float32)  # from earlier rows
+        self._next_below = np.zeros_like(self._below)
+        self._right = np.zeros((channels, grid.size, keep), np.float32)
+        self._row_totals = self.weights.total_rows(0, grid.height).astype(np.float32)
+        self._col_totals = self.weights.total_cols().astype(np.float32)
+        self._expected = (0, 0)
+
+    def add(
+        self, tile: Tile, probabilities: np.ndarray | None
+    ) -> tuple[int, int, np.ndarray]:
+        """Add a chip's probabilities (channels, size, size); None for a chip with no
+        valid pixel. Returns (first row, first col, probabilities (C, rows, cols)) of the
+        finished part of the raster."""
+        grid, step, size = self.grid, self.grid.step, self.grid.size
+        if (tile.row, tile.col) != self._expected:
+            raise ValueError(f"chip {(tile.row, tile.col)} added out of grid order; "
+                             f"expected {self._expected}")
+        keep = size - step
+        x0 = tile.col * step
+        block = np.zeros((self.channels, size, size), np.float32)
+        if probabilities is not None:
+            block += probabilities * self.weights(tile)
+        if keep:
+            if tile.col > 0:
+                block[:, :, :keep] += self._right
+            # Columns left of ``keep`` took their share of the carry with the previous chip.
+            start = 0 if tile.col == 0 else keep
+            block[:, :keep, start:] += self._below[:, :, x0 + start : x0 + size]
+            self._next_below[:, :, x0 : x0 + size] = block[:, step:]
+            self._right = block[:, :, step:].copy()
+        last_row, last_col = tile.row == grid.n_rows - 1, tile.col == grid.n_cols - 1
+        y0 = tile.row * step
+        rows = min(size if last_row else step, grid.height - y0)
+        cols = min(size if last_col else step, grid.width - x0)
+        totals = np.outer(self._row_totals[y0 : y0 + rows], self._col_totals[x0 : x0 + cols])
+        finished = block[:, :rows, :cols] / totals
+        if last_col:
+            self._below, self._next_below = self._next_below, self._below
+            self._next_below[:] = 0
+            self._expected = (tile.row + 1, 0)
+        else:
+            self._expected = (tile.row, tile.col + 1)
+        return y0, x0, finished
 
 
 class StripWriter:

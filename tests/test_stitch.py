@@ -10,7 +10,7 @@ from affine import Affine
 from geoseg.classes import WATER
 from geoseg.stitch import (
     BlendWeights,
-    RowBandAccumulator,
+    ChipBlender,
     StripWriter,
     ramp,
     tiled_profile,
@@ -45,22 +45,37 @@ def test_blend_weights_cover_every_pixel_with_total_one(overlap):
         np.testing.assert_allclose(total, 1.0, rtol=1e-6)
 
 
-def test_accumulator_returns_each_row_once_with_blended_probabilities():
+@pytest.mark.parametrize("overlap", [0, 8, 20])
+def test_blender_matches_a_whole_raster_weighted_average(overlap):
+    grid = TileGrid(90, 70, TRANSFORM, None, 32, overlap)
+    rng = np.random.default_rng(0)
+    weights = BlendWeights(grid)
+    padded = (grid.step * (grid.n_rows - 1) + 32, grid.step * (grid.n_cols - 1) + 32)
+    numerator = np.zeros((2, *padded))
+    denominator = np.zeros(padded)
+    blender = ChipBlender(grid, channels=2)
+    result = np.full((2, grid.height, grid.width), np.nan)
+    for tile in grid:
+        probs = rng.random((2, 32, 32)).astype(np.float32)
+        r0, c0 = int(tile.window.row_off), int(tile.window.col_off)
+        numerator[:, r0 : r0 + 32, c0 : c0 + 32] += probs * weights(tile)
+        denominator[r0 : r0 + 32, c0 : c0 + 32] += weights(tile)
+        top, left, finished = blender.add(tile, probs)
+        rows, cols = finished.shape[1:]
+        assert np.isnan(result[:, top : top + rows, left : left + cols]).all(), "emitted twice"
+        result[:, top : top + rows, left : left + cols] = finished
+    expected = (numerator / denominator)[:, : grid.height, : grid.width]
+    np.testing.assert_allclose(result, expected, rtol=1e-5)
+    # held in memory: overlap rows across the width and one chip's overlap columns
+    assert blender._below.shape == (2, overlap, padded[1])
+    assert blender._right.shape == (2, 32, overlap)
+
+
+def test_blender_refuses_chips_out_of_order():
     grid = TileGrid(90, 70, TRANSFORM, None, 32, 8)
-    acc = RowBandAccumulator(grid, channels=2)
-    rows_seen = []
-    for row_tiles in grid.rows():
-        for tile in row_tiles:
-            probs = np.stack([np.full(tile.shape, 0.25), np.full(tile.shape, 0.75)])
-            acc.add(tile, probs.astype(np.float32), np.ones(tile.shape, bool))
-        top, scores, valid = acc.finish_row()
-        assert scores.shape[1:] == valid.shape and scores.shape[2] == grid.width
-        np.testing.assert_allclose(scores[0], 0.25, rtol=1e-6)
-        np.testing.assert_allclose(scores[1], 0.75, rtol=1e-6)
-        rows_seen.extend(range(top, top + scores.shape[1]))
-    assert rows_seen == list(range(grid.height))
-    # memory is one band of chip rows over the width, whatever the height
-    assert acc.scores.shape == (2, 32, grid.step * (grid.n_cols - 1) + 32)
+    blender = ChipBlender(grid, channels=1)
+    with pytest.raises(ValueError, match="out of grid order"):
+        blender.add(grid.tile(0, 1), None)
 
 
 def test_strip_writer_writes_uneven_strips_in_whole_blocks(tmp_path):
