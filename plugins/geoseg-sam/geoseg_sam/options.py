@@ -1,0 +1,113 @@
+"""Options of the SAM backend (``--option key=value`` on ``geoseg train`` and ``predict``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from geoseg.errors import OptionError
+
+PROMPT_KINDS = ("points", "boxes")
+MULTIMASK_MODES = ("mean", "best", "single")
+LOSSES = ("dice", "dicece", "focal")
+SCHEDULES = ("cosine", "linear")
+#: Erosion radius (pixels) used by ``erode=true``.
+DEFAULT_ERODE = 3
+#: ``cache=off`` recomputes the image embeddings every epoch.
+CACHE_OFF = "off"
+
+
+@dataclass(frozen=True)
+class SamOptions:
+    """Options of the ``sam`` backend.
+
+    Training prompts: ``prompt`` kind; ``positive`` points per water component (each
+    becomes one prompt, with the chip's ``negative`` points attached); ``erode`` keeps
+    positive points this many pixels (true: 3) from the bank; ``perturb`` moves box edges
+    by up to this many pixels. ``multimask``: how SAM's three masks per prompt become one
+    (mean of logits, the best-scored one, or SAM's single-mask output). ``cache``: folder
+    of the embedding cache (default ``$XDG_CACHE_HOME/geoseg/sam-embeddings``), ``off`` to
+    recompute embeddings every epoch. ``bands``: three band names fed as R, G, B.
+    ``percentiles``: low and high percentiles of the 8-bit stretch. ``target``: the class to
+    segment when the dataset has more than one. ``index`` / ``threshold``: override the
+    spectral prompt settings of ``--prompts auto`` at prediction.
+    """
+
+    bands: tuple[str, ...] = ("red", "green", "blue")
+    prompt: Literal["points", "boxes"] = "points"
+    positive: int = 3
+    negative: int = 0
+    erode: bool | int = True
+    perturb: int = 10
+    multimask: Literal["mean", "best", "single"] = "mean"
+    loss: Literal["dice", "dicece", "focal"] = "dicece"
+    cache: str | None = None
+    max_prompts: int = 16
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    schedule: Literal["cosine", "linear"] = "cosine"
+    percentiles: tuple[float, float] = (2.0, 98.0)
+    target: str | None = None
+    index: str | None = None
+    threshold: str | None = None
+
+    def __post_init__(self) -> None:
+        bands = self.bands
+        if isinstance(bands, str):
+            bands = tuple(part.strip() for part in bands.split(","))
+        bands = tuple(str(b).strip().lower() for b in bands)
+        if len(bands) != 3 or not all(bands):
+            raise OptionError(
+                f"option bands must name three bands, e.g. bands=nir,red,green; got {self.bands!r}"
+            )
+        if len(set(bands)) != 3:
+            raise OptionError(f"option bands names a band twice: {','.join(bands)}")
+        object.__setattr__(self, "bands", bands)
+        for name, choices in (
+            ("prompt", PROMPT_KINDS),
+            ("multimask", MULTIMASK_MODES),
+            ("loss", LOSSES),
+            ("schedule", SCHEDULES),
+        ):
+            if getattr(self, name) not in choices:
+                raise OptionError(
+                    f"option {name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
+                )
+        for name in ("positive", "negative", "perturb", "max_prompts"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise OptionError(f"option {name} must be a whole number >= 0, got {value!r}")
+        if self.prompt == "points" and self.positive < 1:
+            raise OptionError("option positive must be at least 1 with prompt=points")
+        if self.max_prompts < 1:
+            raise OptionError("option max_prompts must be at least 1")
+        if not isinstance(self.erode, (bool, int)) or (
+            not isinstance(self.erode, bool) and self.erode < 0
+        ):
+            raise OptionError(
+                f"option erode must be true, false or a radius in pixels, got {self.erode!r}"
+            )
+        if not 0 <= self.weight_decay < 1:
+            raise OptionError(f"option weight_decay must be in [0, 1), got {self.weight_decay}")
+        if not 0 <= self.warmup < 1:
+            raise OptionError(
+                f"option warmup is a fraction of the training steps in [0, 1), got {self.warmup}"
+            )
+        low, high = (float(v) for v in self.percentiles)
+        if not 0 <= low < high <= 100:
+            raise OptionError(
+                f"option percentiles must be LOW,HIGH with 0 <= LOW < HIGH <= 100, "
+                f"got {self.percentiles!r}"
+            )
+        object.__setattr__(self, "percentiles", (low, high))
+
+    @property
+    def erode_radius(self) -> int:
+        """Erosion radius in pixels."""
+        if isinstance(self.erode, bool):
+            return DEFAULT_ERODE if self.erode else 0
+        return int(self.erode)
+
+    @property
+    def cache_enabled(self) -> bool:
+        return (self.cache or "").strip().lower() != CACHE_OFF
