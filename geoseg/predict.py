@@ -185,8 +185,11 @@ def _batches(
 
 def _make_batch(chips: list[Chip], prompt_source) -> _Batch:
     valid = np.stack([chip.valid for chip in chips])
-    images = np.where(valid[:, None], np.stack([chip.data for chip in chips]), 0)
-    images = images.astype(np.float32, copy=False)
+    images = np.stack([chip.data for chip in chips]).astype(np.float32, copy=False)
+    if chips[0].data.dtype.kind == "f":
+        images = np.where(valid[:, None], images, np.float32(0))  # NaN * 0 would stay NaN
+    else:
+        images *= valid[:, None]
     prompts = None
     if prompt_source is not None:
         prompts = tuple(prompt_source.for_chip(chip) for chip in chips)
@@ -252,7 +255,7 @@ def _stream(
                         if prob_writer is not None:
                             prob_strip = np.empty((channels, rows, grid.width), np.float32)
                     valid = chip.valid[:rows, :cols]
-                    ids = class_ids[np.argmax(finished, axis=0)]
+                    ids = class_ids[best_channel(finished)]
                     ids[~valid] = IGNORE_INDEX
                     mask_strip[0, :, left : left + cols] = ids
                     if prob_strip is not None:
@@ -271,6 +274,18 @@ def _stream(
         mask_file.close()
         if prob_file is not None:
             prob_file.close()
+
+
+def best_channel(scores: np.ndarray) -> np.ndarray:
+    """Index (H, W) uint8 of the highest of scores (C, H, W); ties go to the first."""
+    # Channel by channel on whole planes: several times faster than argmax over axis 0.
+    best = scores[0].copy()
+    index = np.zeros(best.shape, np.uint8)
+    for channel in range(1, len(scores)):
+        higher = scores[channel] > best
+        index[higher] = channel
+        np.maximum(best, scores[channel], out=best)
+    return index
 
 
 def _run_backend(

@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from geoseg.backend import Backend, Capabilities
 from geoseg.errors import BackendError, InputFileError, OutputError
-from geoseg.predict import expand_sources, plan_outputs, predict_raster
+from geoseg.predict import best_channel, expand_sources, plan_outputs, predict_raster
 from geoseg.styles import CLASSES_TAG
 
 UTM = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5200000.0)
@@ -241,3 +241,9 @@ def test_plan_outputs_names_outputs_after_sources(tmp_path):
         plan_outputs([a, b], tmp_path / "masks", vector=tmp_path / "all.gpkg")
     with pytest.raises(InputFileError, match="no such file"):
         expand_sources([tmp_path / "missing.tif"])
+
+
+def test_best_channel_is_argmax_with_ties_to_the_first():
+    rng = np.random.default_rng(2)
+    scores = rng.integers(0, 4, (5, 40, 30)).astype(np.float32)  # many ties
+    np.testing.assert_array_equal(best_channel(scores), np.argmax(scores, axis=0))

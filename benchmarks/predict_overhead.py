@@ -1,0 +1,117 @@
+"""Overhead of the predict engine over the backend's own compute, in the same run.
+
+A backend of fixed cost (a small per-pixel network: two dense layers over the bands,
+in numpy) predicts every chip of a generated scene twice: once through
+``predict_raster`` (reading, batching, blending, argmax, writing the COG and the QGIS
+style), once alone on the same chips already in memory. The difference is what the
+engine costs (target: under 15% of the backend's time).
+
+    python benchmarks/predict_overhead.py            # 4096 px square, 512 px chips
+    python benchmarks/predict_overhead.py --quick    # 2048 px square
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from predict_memory import write_scene  # noqa: E402
+
+from geoseg.backend import Backend, Capabilities, ChipBatch  # noqa: E402
+from geoseg.predict import predict_raster  # noqa: E402
+from geoseg.raster import open_raster  # noqa: E402
+from geoseg.windows import tile_grid  # noqa: E402
+
+
+class FixedCost(Backend):
+    """Per pixel: 4 bands -> 48 hidden (tanh) -> 2 classes (softmax); fixed cost per chip."""
+
+    name = "fixed-cost"
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        rng = np.random.default_rng(0)
+        self.hidden = rng.normal(0, 0.02, (48, 4)).astype(np.float32)
+        self.out = rng.normal(0, 0.2, (2, 48)).astype(np.float32)
+        self.seconds = 0.0
+
+    @classmethod
+    def capabilities(cls) -> Capabilities:
+        return Capabilities(binary=True, classes=("background", "water"), chip_size=512)
+
+    def predict(self, batch: ChipBatch) -> np.ndarray:
+        started = time.perf_counter()
+        n, bands, height, width = batch.images.shape
+        result = np.empty((n, 2, height, width), np.float32)
+        for i in range(n):
+            pixels = batch.images[i].reshape(bands, -1)
+            logits = self.out @ np.tanh(self.hidden @ pixels)
+            logits -= logits.max(axis=0)
+            np.exp(logits, out=logits)
+            logits /= logits.sum(axis=0)
+            result[i] = logits.reshape(2, height, width)
+        self.seconds += time.perf_counter() - started
+        return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2048 px square instead of 4096")
+    parser.add_argument("--size", type=int, default=None, help="scene side in pixels")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each; the best counts")
+    args = parser.parse_args()
+    side = args.size or (2048 if args.quick else 4096)
+    with tempfile.TemporaryDirectory(prefix="geoseg-bench-") as tmp:
+        src = write_scene(Path(tmp) / "scene.tif", side)
+        backend = FixedCost()
+
+        # The engine, end to end; best of a few runs, as timeit does on a shared machine.
+        engine_runs, inside_runs = [], []
+        for _ in range(args.repeat):
+            backend.seconds = 0.0
+            started = time.perf_counter()
+            predict_raster(backend, src, Path(tmp) / "water.tif", size=512, overlap=64,
+                           batch_size=args.batch_size)
+            engine_runs.append(time.perf_counter() - started)
+            inside_runs.append(backend.seconds)
+            (Path(tmp) / "water.tif").unlink()
+        engine, inside = min(engine_runs), min(inside_runs)
+
+        # The backend alone on the same chips, read into memory beforehand.
+        with open_raster(src) as source:
+            grid = tile_grid(source, 512, 64)
+            chips = [source.read_chip(tile) for tile in grid]
+        batches = []
+        for i in range(0, len(chips), args.batch_size):
+            part = chips[i : i + args.batch_size]
+            valid = np.stack([c.valid for c in part])
+            images = np.where(valid[:, None], np.stack([c.data for c in part]), 0)
+            batches.append(ChipBatch(images.astype(np.float32), valid, source.band_names,
+                                     tuple(c.tile for c in part)))
+        alone_runs = []
+        for _ in range(args.repeat):
+            started = time.perf_counter()
+            for batch in batches:
+                backend.predict(batch)
+            alone_runs.append(time.perf_counter() - started)
+        alone = min(alone_runs)
+
+    overhead = (engine - alone) / alone
+    print(f"scene {side} px square, {len(chips)} chips of 512 px (overlap 64), batch "
+          f"{args.batch_size}")
+    print(f"engine end to end   {engine:7.2f} s  (backend inside it: {inside:.2f} s; best of "
+          f"{args.repeat})")
+    print(f"backend alone       {alone:7.2f} s  (best of {args.repeat})")
+    print(f"engine overhead     {100 * overhead:6.1f} % of the backend's own time "
+          f"(target: under 15%)")
+
+
+if __name__ == "__main__":
+    main()
