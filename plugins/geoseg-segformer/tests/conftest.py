@@ -118,10 +118,10 @@ def land_cover(tmp_path_factory) -> SimpleNamespace:
 
 @pytest.fixture(scope="session")
 def lora_model(land_cover) -> Path:
-    """A LoRA model trained for three epochs through ``geoseg train`` on the 4-band chips."""
+    """A LoRA model trained for six epochs through ``geoseg train`` on the 4-band chips."""
     model = land_cover.root / "model-lora"
     invoke_cli(
         "train", land_cover.chips, "--backend", "segformer", "-o", model,
-        "--model", land_cover.checkpoint, "--epochs", 3, "--batch-size", 4, "--lr", 0.005, "-q",
+        "--model", land_cover.checkpoint, "--epochs", 6, "--batch-size", 2, "--lr", 0.01, "-q",
     )  # fmt: skip
     return model
