@@ -45,6 +45,11 @@ def load_sam(checkpoint: str | None) -> tuple[SamModel, ModelInput]:
         if folder.exists():
             _check_folder(folder)
             model = SamModel.from_pretrained(folder)
+        elif _looks_like_path(checkpoint):
+            raise WeightsError(
+                f"{checkpoint}: no such folder; point --model at a SAM checkpoint folder, a "
+                f"trained geoseg SAM model or a hub id such as {DEFAULT_CHECKPOINT}"
+            )
         else:
             model = _from_hub(SamModel, checkpoint)
     except WeightsError:
@@ -59,6 +64,15 @@ def load_sam(checkpoint: str | None) -> tuple[SamModel, ModelInput]:
         raise WeightsError(f"{checkpoint}: not a SAM checkpoint (model type {model.config.model_type})")
     model.eval()
     return model, _model_input(model, checkpoint)
+
+
+def _looks_like_path(checkpoint: str) -> bool:
+    """Hub ids are ``name`` or ``owner/name``; anything else is meant as a local folder."""
+    return (
+        checkpoint.startswith((".", "/", "~"))
+        or "\\" in checkpoint
+        or checkpoint.count("/") > 1
+    )
 
 
 def _check_folder(folder: Path) -> None:

@@ -281,7 +281,7 @@ def train_decoder(
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _schedule(options, steps_per_epoch * settings.epochs)
+        optimizer, lr_schedule(options, steps_per_epoch * settings.epochs)
     )
     if resuming:
         state = _load_state(out, accelerator.unwrap_model(model), optimizer, scheduler)
@@ -346,6 +346,7 @@ def train_decoder(
             "val_iou": iou,
             "val_f1": f1,
             "lr": float(scheduler.get_last_lr()[0]),
+            "steps": steps_per_epoch,
             "train_seconds": round(train_seconds, 3),
             "val_seconds": round(time.perf_counter() - started, 3),
             "encoder_chips": int(totals[2]),
@@ -416,7 +417,8 @@ def _fit_stretch(
     return BandStretch.fit(chips(), options.bands, options.percentiles, rng)
 
 
-def _schedule(options: SamOptions, total_steps: int):
+def lr_schedule(options: SamOptions, total_steps: int):
+    """The learning-rate factor per optimizer step: linear warm-up, then cosine or linear decay."""
     warmup = int(round(options.warmup * total_steps))
 
     def factor(step: int) -> float:

@@ -1,0 +1,295 @@
+"""The SAM backend end to end through the CLI, with a tiny SAM saved to a temporary folder.
+
+The chip set is a real NAIP crop labelled with an NDWI water mask; the model is a
+``SamConfig`` with two small encoder layers, saved with ``save_pretrained`` and loaded
+through the same ``--model FOLDER`` path a user takes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import torch
+from click.testing import CliRunner
+from geoseg_sam.options import SamOptions
+from geoseg_sam.train import lr_schedule
+from rasterio.windows import Window
+from safetensors.torch import load_file
+from shapely.geometry import Point
+
+from geoseg.cli import cli
+
+NAIP = Path(__file__).resolve().parents[4] / "shared" / "data" / "naip_rgbn_2020.tif"
+pytestmark = pytest.mark.skipif(not NAIP.exists(), reason="../shared/data samples not present")
+
+CROP = Window(320, 320, 256, 256)
+CHIP = 64
+EPOCHS = 4
+
+
+def geoseg(*args, expect: int = 0):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=True)
+    assert result.exit_code == expect, (
+        f"geoseg {' '.join(map(str, args))} exited {result.exit_code}:\n{result.output}"
+        f"\n{result.exc_info if result.exception and expect == 0 else ''}"
+    )
+    return result
+
+
+def save_tiny_sam(folder: Path) -> Path:
+    """A 1 MB SAM: 128 px input, 2 encoder layers, 64-channel embeddings."""
+    from transformers import SamConfig, SamModel
+    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+
+    size, channels = 128, 64
+    config = SamConfig(
+        vision_config=dict(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=size,
+            patch_size=16, output_channels=channels, window_size=4, global_attn_indexes=[1],
+            mlp_dim=64, num_pos_feats=channels // 2,
+            # SamVisionConfig's default (1e-10) leaves random encoders blind to the image.
+            initializer_range=0.02,
+        ),
+        prompt_encoder_config=dict(
+            hidden_size=channels, image_size=size, patch_size=16, mask_input_channels=4
+        ),
+        mask_decoder_config=dict(
+            hidden_size=channels, mlp_dim=2 * channels, num_hidden_layers=2,
+            num_attention_heads=2, iou_head_hidden_dim=channels,
+        ),
+    )
+    torch.manual_seed(0)
+    SamModel(config).save_pretrained(folder)
+    SamImageProcessorPil(
+        size={"longest_edge": size}, pad_size={"height": size, "width": size}
+    ).save_pretrained(folder)
+    return folder
+
+
+class EncoderCalls:
+    """Counts chips through ``SamModel.get_image_embeddings`` (the real method still runs)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from transformers import SamModel
+
+        self.chips: list[int] = []
+        self.models: list[SamModel] = []
+        original = SamModel.get_image_embeddings
+
+        def counted(model, pixel_values, **kwargs):
+            self.chips.append(len(pixel_values))
+            self.models.append(model)
+            return original(model, pixel_values, **kwargs)
+
+        monkeypatch.setattr(SamModel, "get_image_embeddings", counted)
+
+    @property
+    def total(self) -> int:
+        return sum(self.chips)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny SAM, a labelled NAIP crop and its chip set (16 chips of 64 px)."""
+    from skimage.filters import threshold_otsu
+
+    root = tmp_path_factory.mktemp("sam")
+    tiny = save_tiny_sam(root / "tiny-sam")
+    with rasterio.open(NAIP) as src:
+        data = src.read(window=CROP)
+        profile = src.profile | dict(
+            width=CROP.width, height=CROP.height, transform=src.window_transform(CROP)
+        )
+    green, nir = data[1].astype(float), data[3].astype(float)
+    ndwi = (green - nir) / (green + nir + 1e-6)
+    water = (ndwi > threshold_otsu(ndwi)).astype(np.uint8)
+    crop = root / "crop.tif"
+    with rasterio.open(crop, "w", **profile) as dst:
+        dst.write(data)
+    labels = root / "labels.tif"
+    with rasterio.open(labels, "w", **(profile | dict(count=1, nodata=None))) as dst:
+        dst.write(water[None])
+    classes = root / "classes.json"
+    classes.write_text(json.dumps([{"id": 0, "name": "background"}, {"id": 1, "name": "water"}]))
+    chips = root / "chips"
+    geoseg("tile", crop, "-o", chips, "--bands", "naip", "--size", CHIP, "--overlap", 0,
+           "--labels", labels, "--classes", classes, "--val-fraction", 0.25, "-q")
+    return {"root": root, "tiny": tiny, "crop": crop, "labels": labels, "chips": chips,
+            "water": water.astype(bool)}
+
+
+def train_args(ws, out, cache, epochs, *extra):
+    return ("train", "--backend", "sam", ws["chips"], "-o", out, "--model", ws["tiny"],
+            "--epochs", epochs, "--batch-size", 2, "--lr", 5e-3, "--device", "cpu", "-q",
+            "--option", f"cache={cache}", *extra)
+
+
+@pytest.fixture(scope="module")
+def trained(workspace):
+    """Train for EPOCHS, then resume to 2 * EPOCHS, counting encoder calls in each run."""
+    out = workspace["root"] / "model"
+    cache = workspace["root"] / "cache"
+    with pytest.MonkeyPatch.context() as mp:
+        first = EncoderCalls(mp)
+        geoseg(*train_args(workspace, out, cache, EPOCHS))
+    before = json.loads((out / "history.json").read_text())
+    with pytest.MonkeyPatch.context() as mp:
+        resumed = EncoderCalls(mp)
+        geoseg(*train_args(workspace, out, cache, 2 * EPOCHS, "--resume"))
+    return {"out": out, "cache": cache, "first": first, "resumed": resumed, "before": before,
+            "history": json.loads((out / "history.json").read_text())}
+
+
+def test_training_lowers_the_loss_and_reads_embeddings_from_the_cache(workspace, trained):
+    history = trained["history"]
+    assert [h["epoch"] for h in history] == list(range(1, 2 * EPOCHS + 1))
+    losses = [h["train_loss"] for h in history]
+    assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2]), losses
+    assert all(0 <= h["val_iou"] <= 1 and 0 <= h["val_f1"] <= 1 for h in history)
+
+    from geoseg.dataset import ChipDataset
+
+    dataset = ChipDataset.open(workspace["chips"])
+    n_train, n_val = len(dataset.split("train")), len(dataset.split("val"))
+    first = trained["first"]
+    # Epoch 1 runs the encoder once per train chip; later epochs only read the cache.
+    assert history[0]["encoder_chips"] == n_train and history[0]["cache_hits"] == 0
+    assert all(h["encoder_chips"] == 0 and h["cache_hits"] == n_train for h in history[1:])
+    # Every chip (train and prompted val chips) went through the encoder at most once.
+    assert n_train <= first.total <= n_train + n_val
+    assert trained["resumed"].total == 0
+    assert len(list(trained["cache"].rglob("*.safetensors"))) == first.total
+
+
+def test_resume_continues_from_the_saved_epoch(trained):
+    history, before = trained["history"], trained["before"]
+    assert len(before) == EPOCHS
+    assert history[:EPOCHS] == before
+    state = json.loads((trained["out"] / "training_state" / "state.json").read_text())
+    assert state["epoch"] == 2 * EPOCHS
+    # The scheduler went on from the saved step instead of warming up again.
+    steps = history[0]["steps"]
+    assert state["scheduler"]["last_epoch"] == 2 * EPOCHS * steps
+    factor = lr_schedule(SamOptions(), 2 * EPOCHS * steps)
+    assert history[EPOCHS]["lr"] == pytest.approx(5e-3 * factor((EPOCHS + 1) * steps))
+
+
+def test_encoders_stay_frozen_and_only_the_decoder_is_saved(workspace, trained):
+    from transformers import SamModel
+
+    base = SamModel.from_pretrained(workspace["tiny"])
+    trained_model = trained["first"].models[-1]
+    base_state, after = base.state_dict(), trained_model.state_dict()
+    frozen = [k for k in base_state if not k.startswith("mask_decoder.")]
+    assert any(k.startswith("vision_encoder.") for k in frozen)
+    assert any(k.startswith("prompt_encoder.") for k in frozen)
+    for key in frozen:
+        assert torch.equal(base_state[key], after[key]), key
+
+    decoder = load_file(str(trained["out"] / "decoder.safetensors"))
+    assert decoder and all(k.startswith("mask_decoder.") for k in decoder)
+    assert set(decoder) == {k for k in base_state if k.startswith("mask_decoder.")}
+    assert any(not torch.equal(decoder[k], base_state[k]) for k in decoder)
+
+    files = {p.name for p in trained["out"].iterdir()}
+    assert {"decoder.safetensors", "geoseg_sam.json", "history.json", "history.png"} <= files
+    settings = json.loads((trained["out"] / "geoseg_sam.json").read_text())
+    assert settings["base_model"] == str(workspace["tiny"].resolve())
+    assert settings["bands"] == ["red", "green", "blue"]
+    assert settings["class_name"] == "water"
+    assert len(settings["stretch"]["low"]) == 3
+    assert (trained["out"] / "history.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_predict_with_auto_prompts_is_georeferenced(workspace, trained):
+    out = workspace["root"] / "pred" / "water.tif"
+    polygons = workspace["root"] / "pred" / "water.gpkg"
+    geoseg("predict", workspace["crop"], "-o", out, "--backend", "sam", "--model",
+           trained["out"], "--bands", "naip", "--size", CHIP, "--overlap", 16,
+           "--prompts", "auto", "--vector", polygons, "--device", "cpu", "-q")
+    with rasterio.open(out) as mask, rasterio.open(workspace["crop"]) as src:
+        assert mask.crs == src.crs
+        assert mask.transform == src.transform
+        assert (mask.width, mask.height) == (src.width, src.height)
+        predicted = mask.read(1) == 1
+    truth = workspace["water"]
+    iou = (predicted & truth).sum() / (predicted | truth).sum()
+    assert iou > 0.3, iou
+    shapes = gpd.read_file(polygons)
+    assert "water" in set(shapes["class_name"])
+    assert shapes.crs == rasterio.open(workspace["crop"]).crs
+
+
+def test_predict_with_a_prompts_file_skips_chips_without_prompts(workspace, trained, monkeypatch):
+    with rasterio.open(workspace["crop"]) as src:
+        transform, crs = src.transform, src.crs
+    water = workspace["water"]
+    # Positive points on water pixels of the top-left chip only.
+    rows, cols = np.nonzero(water[:CHIP, :CHIP])
+    picked = np.linspace(0, len(rows) - 1, 3).astype(int)
+    points = [Point(transform * (cols[i] + 0.5, rows[i] + 0.5)) for i in picked]
+    prompts = workspace["root"] / "prompts.gpkg"
+    gpd.GeoDataFrame({"label": [1] * len(points)}, geometry=points, crs=crs).to_file(prompts)
+
+    calls = EncoderCalls(monkeypatch)
+    out = workspace["root"] / "pred-file.tif"
+    geoseg("predict", workspace["crop"], "-o", out, "--backend", "sam", "--model",
+           trained["out"], "--bands", "naip", "--size", CHIP, "--overlap", 0,
+           "--prompts", prompts, "--device", "cpu", "-q")
+    assert calls.total == 1  # only the prompted chip reached the encoder
+    with rasterio.open(out) as mask:
+        predicted = mask.read(1)
+    assert (predicted[:CHIP, :CHIP] == 1).any()
+    assert (predicted[CHIP:, :] == 0).all() and (predicted[:, CHIP:] == 0).all()
+
+
+def test_zero_shot_with_a_bare_checkpoint(workspace, tmp_path):
+    from geoseg_sam.backend import SamBackend
+
+    out = tmp_path / "zero.tif"
+    geoseg("predict", workspace["crop"], "-o", out, "--backend", "sam", "--model",
+           workspace["tiny"], "--bands", "naip", "--size", CHIP, "--device", "cpu", "-q")
+    with rasterio.open(out) as mask:
+        assert set(np.unique(mask.read(1))) <= {0, 1}
+    assert SamBackend.capabilities().bands == ("red", "green", "blue")
+
+
+def test_missing_hub_checkpoint_offline_is_one_line(workspace, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    result = geoseg("train", "--backend", "sam", workspace["chips"], "-o", tmp_path / "m",
+                    "--model", "geoseg-tests/no-such-sam", "-q", expect=2)
+    message = result.output.strip()
+    assert len(message.splitlines()) == 1, message
+    assert "hf download geoseg-tests/no-such-sam" in message and "--model" in message
+    assert "Traceback" not in result.output
+
+
+def test_options_are_validated_by_name(workspace, tmp_path):
+    result = geoseg(*train_args(workspace, tmp_path / "m", tmp_path / "c", 1,
+                                "--option", "prompt=lines"), expect=2)
+    assert "prompt" in result.output and "points" in result.output
+    result = geoseg(*train_args(workspace, tmp_path / "m", tmp_path / "c", 1,
+                                "--option", "bands=nir,red"), expect=2)
+    assert "bands" in result.output
+
+
+def test_false_colour_bands_come_back_from_the_model(workspace, tmp_path):
+    from geoseg_sam.backend import SamBackend
+
+    out = tmp_path / "nir"
+    cache = workspace["root"] / "cache"
+    geoseg(*train_args(workspace, out, cache, 1, "--option", "bands=nir,red,green",
+                       "--option", "prompt=boxes", "--option", "multimask=best"))
+    backend = SamBackend(SamOptions())
+    backend.load(str(out), "cpu")
+    assert backend.capabilities().bands == ("nir", "red", "green")
+    assert backend.prompt_settings()["boxes"] is True
+    shutil.rmtree(out)
