@@ -229,6 +229,12 @@ class _raster_labels:
                 f"GeoTIFF of class ids or a GeoPackage/GeoJSON of labelled polygons"
             ) from None
         src, pred = self.file, self.pred
+        if src.count != 1 or np.dtype(src.dtypes[0]).kind not in "iu":
+            src.close()
+            raise LabelsError(
+                f"{self.path}: expected labels as 1 band of integer class ids, found "
+                f"{src.count} band(s) of {src.dtypes[0]}; give a class raster or a vector file"
+            )
         if src.crs is None:
             src.close()
             raise LabelsError(f"{self.path}: labels have no CRS; cannot place them on {pred.name}")

@@ -99,6 +99,7 @@ def predict_raster(
         if overlap is None:
             overlap = min(DEFAULT_OVERLAP, grid.size // 4)
         grid = tile_grid(source, grid.size, overlap)
+        _check_batch_memory(grid.size, batch_size, source.count + 2 * len(classes))
         with rasterio.Env(GDAL_CACHEMAX=_cache_bytes(source, grid)):
             backend.begin_raster(source)
             prompt_source = _prompt_source(backend, source, prompts)
@@ -118,6 +119,19 @@ def predict_raster(
                 remove_all(scratch)
     write_raster_qml(out_path, classes)
     return out_path
+
+
+#: Largest batch (chips, bands and probabilities as float32) the engine agrees to build.
+MAX_BATCH_BYTES = 4 << 30
+
+
+def _check_batch_memory(size: int, batch_size: int, planes: int) -> None:
+    need = batch_size * size * size * planes * 4
+    if need > MAX_BATCH_BYTES:
+        raise OptionError(
+            f"chips of {size} px in batches of {batch_size} would take {need / 2**30:.0f} GiB "
+            f"of memory; use a smaller --size or --batch-size"
+        )
 
 
 def _cache_bytes(source: RasterSource, grid: TileGrid) -> int:
@@ -456,6 +470,4 @@ def plan_outputs(
                 raise OutputError(f"{path}: the output would overwrite its source; choose "
                                   f"another output name or folder")
         jobs.append(PredictJob(source, mask, vec, probs))
-    if not is_file:
-        ensure_folder(output)
     return jobs

@@ -115,3 +115,6 @@ def test_cli_prints_table_and_writes_json(tmp_path, prediction, invoke):
     assert report["confusion_matrix"]["counts"] == [[600, 200], [0, 800]]
     bad = invoke("evaluate", prediction, tmp_path / "missing.gpkg", expect=2)
     assert "missing.gpkg" in bad.output and "Traceback" not in bad.output
+    image = write(tmp_path / "image.tif", np.zeros((40, 40), np.float32), nodata=None)
+    bad = invoke("evaluate", prediction, image, expect=2)
+    assert "integer class ids" in bad.output
