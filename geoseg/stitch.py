@@ -114,6 +114,10 @@ class ChipBlender:
         self._right = np.zeros((channels, grid.size, keep), np.float32)
         self._row_totals = self.weights.total_rows(0, grid.height).astype(np.float32)
         self._col_totals = self.weights.total_cols().astype(np.float32)
+        # With at most two chips over any pixel the cosine ramps already sum to one.
+        self._unit_totals = bool(
+            np.all(self._row_totals == 1.0) and np.all(self._col_totals == 1.0)
+        )
         self._expected = (0, 0)
 
     def add(
@@ -128,9 +132,10 @@ class ChipBlender:
                              f"expected {self._expected}")
         keep = size - step
         x0 = tile.col * step
-        block = np.zeros((self.channels, size, size), np.float32)
         if probabilities is not None:
-            block += probabilities * self.weights(tile)
+            block = np.multiply(probabilities, self.weights(tile), dtype=np.float32)
+        else:
+            block = np.zeros((self.channels, size, size), np.float32)
         if keep:
             if tile.col > 0:
                 block[:, :, :keep] += self._right
@@ -143,8 +148,11 @@ class ChipBlender:
         y0 = tile.row * step
         rows = min(size if last_row else step, grid.height - y0)
         cols = min(size if last_col else step, grid.width - x0)
-        totals = np.outer(self._row_totals[y0 : y0 + rows], self._col_totals[x0 : x0 + cols])
-        finished = block[:, :rows, :cols] / totals
+        finished = block[:, :rows, :cols]
+        if not self._unit_totals:
+            finished = finished / np.outer(
+                self._row_totals[y0 : y0 + rows], self._col_totals[x0 : x0 + cols]
+            )
         if last_col:
             self._below, self._next_below = self._next_below, self._below
             self._next_below[:] = 0
