@@ -71,13 +71,13 @@ def train_segformer(
 
     output = Path(settings.output_dir)
     train_records, val_records = _splits(dataset)
-    device = (settings.device or "auto").lower()
-    if device != "auto":
-        device = resolve_device(device)
+    device = resolve_device(settings.device)
     if device == "cpu" and options.mixed_precision == "fp16":
         raise OptionError("mixed_precision fp16 needs a GPU; use bf16 or no on the CPU")
+    # Accelerate only forms a multi-process CPU group (gloo) when told it runs on the CPU;
+    # otherwise each process launched by accelerate/torchrun would train alone.
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision=options.mixed_precision)
-    if device not in ("auto", "cpu") and accelerator.device.type != device.split(":")[0]:
+    if accelerator.device.type != device.split(":")[0]:
         log.warning("running on %s (chosen by accelerate), not %s", accelerator.device, device)
     main = accelerator.is_main_process
     show = settings.progress and main

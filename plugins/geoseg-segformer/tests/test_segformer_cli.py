@@ -206,3 +206,36 @@ def test_bad_options_and_missing_weights_are_one_line_errors(land_cover, monkeyp
     assert len(lines) == 1 and lines[0].startswith("geoseg: error:")
     assert "hf download nvidia/mit-b0" in lines[0]
     assert "Traceback" not in result.output and not out.exists()
+
+
+def test_two_processes_under_accelerate_launch_write_one_model(land_cover):
+    """The loop runs unchanged data-parallel: 2 CPU processes (gloo), one model written."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    accelerate = Path(sys.executable).with_name("accelerate")
+    if not accelerate.exists():
+        pytest.skip("accelerate launcher not installed")
+    out = land_cover.root / "model-ddp"
+    # accelerate 1.x runs --cpu jobs in a single process; --multi_gpu goes through
+    # torch.distributed.run, and the backend asks Accelerate for a CPU (gloo) group.
+    command = [
+        accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "geoseg", "train",
+        land_cover.chips, "--backend", "segformer", "-o", out, "--model", land_cover.checkpoint,
+        "--epochs", "1", "--batch-size", "2", "--device", "cpu", "-q",
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [str(c) for c in command], capture_output=True, text=True, env=env, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in (out / "checkpoint").glob("random_states_*")) == [
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    ]
+    assert len(json.loads((out / "history.json").read_text())) == 1
+    assert json.loads((out / SETTINGS_FILE).read_text())["lora"] is True
+    assert not list(out.glob(".*part*"))
