@@ -110,3 +110,73 @@ def write_raster_qml(mask_path: str | Path, classes: ClassMap) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_text(raster_qml(classes), encoding="utf-8")
     return path
+
+
+def vector_qml(classes: ClassMap, field: str = "class_name") -> str:
+    """A QGIS categorized-renderer style (``.qml`` text): one fill colour per class."""
+    categories, symbols = [], []
+    for n, c in enumerate(classes):
+        r, g, b = c.rgb
+        categories.append(
+            f'      <category value={quoteattr(c.name)} symbol="{n}" label={quoteattr(c.name)} '
+            f'render="true"/>'
+        )
+        props = {
+            "color": f"{r},{g},{b},160",
+            "outline_color": f"{r},{g},{b},255",
+            "outline_width": "0.4",
+            "outline_width_unit": "MM",
+            "style": "solid",
+            "outline_style": "solid",
+        }
+        options = "".join(
+            f'<Option name="{k}" type="QString" value="{v}"/>' for k, v in props.items()
+        )
+        legacy = "".join(f'<prop k="{k}" v="{v}"/>' for k, v in props.items())
+        symbols.append(
+            f'      <symbol type="fill" name="{n}" alpha="1" clip_to_extent="1" force_rhr="0">\n'
+            f'        <layer class="SimpleFill" enabled="1" locked="0" pass="0">\n'
+            f'          <Option type="Map">{options}</Option>\n'
+            f"          {legacy}\n"
+            f"        </layer>\n"
+            f"      </symbol>"
+        )
+    return (
+        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+        '<qgis version="3.28.0" styleCategories="Symbology">\n'
+        f'  <renderer-v2 type="categorizedSymbol" attr={quoteattr(field)} symbollevels="0" '
+        'enableorderby="0" forceraster="0">\n'
+        "    <categories>\n" + "\n".join(categories) + "\n    </categories>\n"
+        "    <symbols>\n" + "\n".join(symbols) + "\n    </symbols>\n"
+        "  </renderer-v2>\n"
+        "</qgis>\n"
+    )
+
+
+def write_vector_style(gpkg: str | Path, layer: str, classes: ClassMap) -> None:
+    """Store the layer's default QGIS style in the GeoPackage's ``layer_styles`` table.
+
+    QGIS applies it when the layer is opened, the way it stores styles itself.
+    """
+    import pandas as pd
+    import pyogrio
+
+    geometry_column = pyogrio.read_info(str(gpkg), layer=layer).get("geometry_name") or "geom"
+
+    record = pd.DataFrame(
+        {
+            "f_table_catalog": [""],
+            "f_table_schema": [""],
+            "f_table_name": [layer],
+            "f_geometry_column": [geometry_column],
+            "styleName": [layer],
+            "styleQML": [vector_qml(classes)],
+            "styleSLD": [""],
+            "useAsDefault": [True],
+            "description": ["geoseg classes"],
+            "owner": [""],
+            "ui": [""],
+        }
+    )
+    pyogrio.write_dataframe(record, str(gpkg), layer="layer_styles", driver="GPKG",
+                            append=False, layer_options={"FID": "id"})

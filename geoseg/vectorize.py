@@ -25,7 +25,7 @@ from geoseg.atomic import atomic_output
 from geoseg.classes import IGNORE_INDEX, ClassMap
 from geoseg.errors import InputFileError, OptionError
 from geoseg.raster import check_readable
-from geoseg.styles import read_class_metadata
+from geoseg.styles import read_class_metadata, write_vector_style
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ def vectorize_mask(
     with atomic_output(out_gpkg) as tmp:
         frame.to_file(tmp, layer=LAYER, driver="GPKG", engine="pyogrio",
                       geometry_type="Polygon")
+        write_vector_style(tmp, LAYER, classes)
     log.info("%s: %d polygons", out_gpkg, len(frame))
     return out_gpkg
 

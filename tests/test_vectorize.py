@@ -70,13 +70,13 @@ def test_background_min_area_and_simplify(tmp_path):
     mask, lake = lake_mask()
     src = write_mask(tmp_path / "m.tif", mask)
     everything = gpd.read_file(vectorize_mask(src, tmp_path / "a.gpkg", include_background=True,
-                                              window=16))
+                                              window=16), layer=LAYER)
     assert "background" in set(everything.class_name)
     assert 255 not in set(everything.class_id)
-    big = gpd.read_file(vectorize_mask(src, tmp_path / "b.gpkg", min_area=1500.0))
+    big = gpd.read_file(vectorize_mask(src, tmp_path / "b.gpkg", min_area=1500.0), layer=LAYER)
     assert list(big.class_name) == ["lake"]  # reeds are 1200 m2
-    plain = gpd.read_file(vectorize_mask(src, tmp_path / "c.gpkg"))
-    simple = gpd.read_file(vectorize_mask(src, tmp_path / "d.gpkg", simplify=15.0))
+    plain = gpd.read_file(vectorize_mask(src, tmp_path / "c.gpkg"), layer=LAYER)
+    simple = gpd.read_file(vectorize_mask(src, tmp_path / "d.gpkg", simplify=15.0), layer=LAYER)
     lake_plain = plain[plain.class_name == "lake"].geometry.iloc[0]
     lake_simple = simple[simple.class_name == "lake"].geometry.iloc[0]
     assert len(lake_simple.exterior.coords) < len(lake_plain.exterior.coords) / 2
@@ -90,7 +90,7 @@ def test_geographic_mask_gets_areas_in_square_metres(tmp_path):
     # 0.001 degree pixels at 47 N: about 111 m by 76 m
     transform = Affine(0.001, 0, -99.0, 0, -0.001, 47.0)
     src = write_mask(tmp_path / "g.tif", mask, crs="EPSG:4326", transform=transform)
-    polygons = gpd.read_file(vectorize_mask(src, tmp_path / "g.gpkg"))
+    polygons = gpd.read_file(vectorize_mask(src, tmp_path / "g.gpkg"), layer=LAYER)
     assert polygons.crs.to_epsg() == 4326
     expected = 100 * 111_200 * 0.001 * 75_900 * 0.001
     assert polygons.area_m2.iloc[0] == pytest.approx(expected, rel=0.01)
@@ -99,7 +99,7 @@ def test_geographic_mask_gets_areas_in_square_metres(tmp_path):
 def test_mask_without_class_tags_and_bad_input(tmp_path):
     mask, _ = lake_mask()
     src = write_mask(tmp_path / "bare.tif", mask, classes=None)
-    polygons = gpd.read_file(vectorize_mask(src, tmp_path / "bare.gpkg"))
+    polygons = gpd.read_file(vectorize_mask(src, tmp_path / "bare.gpkg"), layer=LAYER)
     assert sorted(set(polygons.class_name)) == ["class_1", "class_2"]
     with rasterio.open(tmp_path / "f.tif", "w", driver="GTiff", width=4, height=4, count=1,
                        dtype="float32", crs="EPSG:32614", transform=UTM) as dst:
@@ -107,3 +107,22 @@ def test_mask_without_class_tags_and_bad_input(tmp_path):
     with pytest.raises(InputFileError, match="class mask"):
         vectorize_mask(tmp_path / "f.tif", tmp_path / "f.gpkg")
     assert not (tmp_path / "f.gpkg").exists()
+
+
+def test_polygons_carry_a_default_qgis_style(tmp_path):
+    import sqlite3
+    import xml.etree.ElementTree as ET
+
+    mask, _ = lake_mask()
+    out = vectorize_mask(write_mask(tmp_path / "m.tif", mask), tmp_path / "m.gpkg")
+    with sqlite3.connect(out) as db:
+        [(table, column, default, qml)] = db.execute(
+            "SELECT f_table_name, f_geometry_column, useAsDefault, styleQML FROM layer_styles"
+        ).fetchall()
+        [(geometry_column,)] = db.execute(
+            "SELECT column_name FROM gpkg_geometry_columns WHERE table_name = 'classes'"
+        ).fetchall()
+    assert (table, column, default) == (LAYER, geometry_column, 1)
+    style = ET.fromstring(qml.split("\n", 1)[1])
+    labels = [c.get("label") for c in style.iter("category")]
+    assert labels == ["background", "lake", "reeds"]
