@@ -75,10 +75,13 @@ def predict_raster(
     on ``dst_crs`` (nearest resampling), as a COG with colour table and class tags, with
     a QGIS ``.qml`` style beside it. ``size`` defaults to the backend's chip size;
     ``size`` and ``overlap`` are pixels or metres (``"2560m"``); ``overlap`` defaults to
-    64 px, at most a quarter of the chip. ``prompts``: None,
-    ``"auto"`` or a prompts file; backends that need prompts default to ``"auto"``.
-    ``probabilities_path`` also writes blended probabilities (float32, one band per
-    class, NaN where nodata).
+    64 px, at most a quarter of the chip. ``prompts``: None, ``"auto"`` or a prompts
+    file; backends that need prompts default to ``"auto"``. ``probabilities_path`` also
+    writes blended probabilities (float32, one band per class, NaN where nodata).
+    ``progress(chips_done, chips_total)`` is called after every batch.
+
+    ``backend.predict`` runs on the calling thread while the next batch is read on
+    another, so a backend must not read the source itself during ``predict``.
     """
     out_path = Path(out_path)
     if batch_size < 1:
@@ -88,10 +91,10 @@ def predict_raster(
     classes = backend.classes()
     if len(classes) < 1:
         raise BackendError(f"backend {backend.name!r} declares no output classes")
-    ensure_folder(out_path.parent)
-    if probabilities_path is not None:
-        ensure_folder(Path(probabilities_path).parent)
     with open_raster(src_path, bands) as source:
+        ensure_folder(out_path.parent)
+        if probabilities_path is not None:
+            ensure_folder(Path(probabilities_path).parent)
         names = tuple(capabilities.bands) or None
         if names:
             source.band_map.indexes(names, source=str(source.path))
