@@ -453,6 +453,11 @@ def plan_outputs(
             f"{output}; predict them into separate folders"
         )
     vector_path = Path(vector) if isinstance(vector, (str, Path)) and str(vector) else None
+    if vector_path is not None and vector_path.suffix.lower() not in ("", ".gpkg"):
+        raise OutputError(
+            f"--vector {vector_path}: polygons are written as GeoPackage; give a .gpkg file "
+            f"name, a folder, or --vector alone (after the sources) for <stem>.gpkg"
+        )
     if vector_path is not None and vector_path.suffix.lower() == ".gpkg" and len(sources) != 1:
         raise OutputError(
             f"{vector_path}: one GeoPackage for {len(sources)} sources; give a folder for "

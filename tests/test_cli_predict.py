@@ -73,6 +73,7 @@ def test_folder_resume_and_overwrite(tmp_path, scenes, fake_backend, invoke):
         (["{src}", "-o", "{dir_tif}", "--backend", "fake"], "is a folder"),
         (["{src}", "-o", "m.tif", "--backend", "fake", "--min-area", "5"], "--vector"),
         (["{src}", "-o", "m.tif", "--backend", "fake", "--size", "100000"], "smaller --size"),
+        (["{src}", "-o", "m.tif", "--backend", "fake", "--vector", "{src}"], "GeoPackage"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, scenes, fake_backend, invoke, args, message):
