@@ -229,6 +229,7 @@ def _stream(
     band_names = names or source.band_names
     channels = len(classes)
     class_ids = np.array(classes.ids, dtype=np.uint8)
+    ids_are_channels = bool(np.array_equal(class_ids, np.arange(channels)))
     blender = ChipBlender(grid, channels)
     base = source.profile(count=1, dtype="uint8", nodata=IGNORE_INDEX)
     mask_file = rasterio.open(mask_tmp, "w", **tiled_profile(base))
@@ -272,7 +273,9 @@ def _stream(
                         if prob_writer is not None:
                             prob_strip = np.empty((channels, rows, grid.width), np.float32)
                     valid = chip.valid[:rows, :cols]
-                    ids = class_ids[best_channel(finished)]
+                    ids = best_channel(finished)
+                    if not ids_are_channels:
+                        ids = class_ids[ids]
                     ids[~valid] = IGNORE_INDEX
                     mask_strip[0, :, left : left + cols] = ids
                     if prob_strip is not None:

@@ -209,8 +209,9 @@ def tiled_profile(profile: dict, **overrides) -> dict:
         tiled=True,
         blockxsize=BLOCK_SIZE,
         blockysize=BLOCK_SIZE,
-        compress="deflate",
-        zlevel=1,
+        # Temporary files: ZSTD at level 1 compresses masks four times faster than deflate.
+        compress="zstd",
+        zstd_level=1,
         bigtiff="if_safer",
     )
     out.update(overrides)
