@@ -13,7 +13,6 @@ from geoseg.cli.options import (
     dst_crs_option,
     overwrite_option,
     quiet_option,
-    size_option,
 )
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,9 @@ class ChipProgress(Progress):
               help="Backend that predicts (see geoseg backends).")
 @click.option("--model", default=None, metavar="PATH|HUB_ID",
               help="Model weights: a local folder or hub id (default: the backend's).")
-@size_option(default=None)
+@click.option("--size", default=None, metavar="PX|METRES",
+              help="Chip size in pixels, or in metres with an m suffix (e.g. 2560m). "
+              "Default: the backend's chip size.")
 @click.option("--overlap", default=None, metavar="PX|METRES",
               help="Overlap between neighbouring chips, in pixels or metres (m suffix). "
               "Default: 64 px, at most a quarter of the chip size.")
@@ -82,6 +83,10 @@ def predict(sources, output, backend_name, model, size, overlap, batch_size, dev
     where the source is nodata), with a colour table, class names in its tags and a QGIS
     style <stem>.qml beside it. Outputs that already exist are skipped (--overwrite
     redoes them), so an interrupted run resumes.
+
+    One source and an OUTPUT ending in .tif writes that file; otherwise OUTPUT is a
+    folder of <stem>.tif masks named after their sources. Give --vector alone after the
+    sources for <stem>.gpkg polygons beside each mask.
 
     \b
     Examples:
