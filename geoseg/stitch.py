@@ -1,5 +1,5 @@
-"""Stitching chip predictions into one raster: blend weights, a row-band accumulator and
-streaming GeoTIFF writers finalised as Cloud Optimized GeoTIFFs.
+"""Stitching chip predictions into one raster: blend weights, a streaming chip blender
+and GeoTIFF strip writers, finalised as Cloud Optimized GeoTIFFs.
 
 Overlapping chips are blended with cosine ramps that run only across the overlap with a
 neighbouring chip, so every pixel of the raster gets a positive total weight and the
