@@ -152,7 +152,7 @@ def test_dst_crs_reprojects_mask_with_nearest(tmp_path, fake_backend):
 
     src = write_raster(tmp_path / "sq.tif", data, transform=UTM)
     out = predict_raster(fake_backend(), src, tmp_path / "sq_4326.tif", dst_crs="EPSG:4326",
-                         overlap=8)
+                         overlap=8, probabilities_path=tmp_path / "sq_4326_p.tif")
     transformer = __import__("pyproj").Transformer.from_crs(32614, 4326, always_xy=True)
     centre = transformer.transform(500400.0, 5199600.0)  # centre of the square
     outside = transformer.transform(500050.0, 5199950.0)
@@ -163,6 +163,11 @@ def test_dst_crs_reprojects_mask_with_nearest(tmp_path, fake_backend):
         assert values[0][0] == 1 and values[1][0] == 0
         assert "water" in mask.tags()[CLASSES_TAG]
         assert mask.colormap(1)[1][:3] == (0x1F, 0x78, 0xB4)
+    with rasterio.open(tmp_path / "sq_4326_p.tif") as probs:
+        assert probs.crs.to_epsg() == 4326 and probs.count == 2
+        assert probs.descriptions == ("background", "water")
+        water = next(probs.sample([centre]))[1]
+        assert water > 0.99
 
 
 def test_wrong_probability_shape_is_a_backend_error(tmp_path):
