@@ -76,7 +76,9 @@ def train_segformer(
         raise OptionError("mixed_precision fp16 needs a GPU; use bf16 or no on the CPU")
     # Accelerate only forms a multi-process CPU group (gloo) when told it runs on the CPU;
     # otherwise each process launched by accelerate/torchrun would train alone.
-    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=options.mixed_precision)
+    # "no" defers to `accelerate launch --mixed_precision` / the accelerate config.
+    precision = None if options.mixed_precision == "no" else options.mixed_precision
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=precision)
     if accelerator.device.type != device.split(":")[0]:
         log.warning("running on %s (chosen by accelerate), not %s", accelerator.device, device)
     main = accelerator.is_main_process

@@ -107,7 +107,7 @@ def test_predict_maps_the_scene_with_class_names_in_raster_and_polygons(
     # Better than calling every pixel the most common class.
     majority = np.bincount(land_cover.label.ravel()).max() / land_cover.label.size
     assert (predicted == land_cover.label).mean() > majority + 0.1
-    polygons = pyogrio.read_dataframe(vector)
+    polygons = pyogrio.read_dataframe(vector, layer="classes")
     assert set(polygons["class_name"]) <= {"other", "water", "vegetation"}
     assert "water" in set(polygons["class_name"])
     assert polygons.crs.to_epsg() == 26914
