@@ -196,6 +196,7 @@ def train_segformer(
             desc=f"epoch {epoch + 1}/{settings.epochs}", show=show,
         )  # fmt: skip
         val_loss, confusion = _validate(accelerator, model, val_loader, len(classes), show=show)
+        val_loss = None if math.isnan(val_loss) else val_loss
         scores = segmentation_scores(confusion, classes.names)
         entry = {
             "epoch": epoch + 1,
@@ -206,13 +207,17 @@ def train_segformer(
             "seconds": round(time.perf_counter() - began, 3),
         }
         history.append(entry)
-        miou = scores["mean_iou"] if scores["mean_iou"] is not None else -val_loss
+        # Validation chips without a labelled pixel leave no IoU; fall back to a loss.
+        if scores["mean_iou"] is not None:
+            miou = scores["mean_iou"]
+        else:
+            miou = -(val_loss if val_loss is not None else train_loss)
         improved = miou > best["mean_iou"]
         if improved:
             best = {"epoch": epoch + 1, "mean_iou": miou}
         _report(
             show,
-            f"epoch {epoch + 1}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+            f"epoch {epoch + 1}: train loss {train_loss:.4f}, val loss {_fmt(val_loss)}, "
             f"mean IoU {_fmt(scores['mean_iou'])}, accuracy {_fmt(scores['accuracy'])}"
             + (" (best so far, saved)" if improved else ""),
         )
