@@ -133,8 +133,6 @@ def load_pretrained(checkpoint: str, classes: ClassMap | None = None):
     With ``classes``, the output head gets one channel per class in ClassMap order
     (re-initialised when the checkpoint's head has another size).
     """
-    from transformers import AutoModelForSemanticSegmentation
-
     local = Path(checkpoint).expanduser()
     looks_local = (
         local.exists() or checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") > 1
@@ -152,24 +150,53 @@ def load_pretrained(checkpoint: str, classes: ClassMap | None = None):
             "ignore_mismatched_sizes": True,
         }
     try:
-        with quiet_transformers():
-            model = AutoModelForSemanticSegmentation.from_pretrained(
-                str(local) if looks_local else checkpoint, **kwargs
-            )
-    except OSError as exc:
         if looks_local:
-            raise WeightsError(f"{checkpoint}: cannot load model ({_first_line(exc)})") from None
-        raise WeightsError(
-            f"cannot load {checkpoint!r}: not in the local Hugging Face cache and the hub is "
-            f"unreachable; on a connected machine run `hf download {checkpoint}` (then copy "
-            "~/.cache/huggingface here), or pass --model a local checkpoint folder"
-        ) from None
+            return _from_pretrained(str(local), kwargs)
+        snapshot = cached_snapshot(checkpoint)
+        if snapshot is not None:
+            # Loaded from the cache folder itself: transformers 5 still asks the hub for an
+            # adapter_config.json with local_files_only=True, and offline machines would
+            # wait through its connection retries.
+            return _from_pretrained(str(snapshot), kwargs)
+        return _from_pretrained(checkpoint, kwargs)
+    except OSError as exc:
+        reason = _first_line(exc)
+        if looks_local:
+            raise WeightsError(f"{checkpoint}: cannot load model ({reason})") from None
+        if "connect" in reason.lower() or "offline" in reason.lower():
+            raise WeightsError(
+                f"cannot load {checkpoint!r}: not in the local Hugging Face cache and the hub "
+                f"is unreachable; on a connected machine run `hf download {checkpoint}` (then "
+                "copy ~/.cache/huggingface here), or pass --model a local checkpoint folder"
+            ) from None
+        raise WeightsError(f"cannot load {checkpoint!r}: {reason}") from None
     except ValueError as exc:
         raise WeightsError(
             f"{checkpoint}: not a semantic-segmentation checkpoint transformers can load "
             f"({_first_line(exc)}); use a SegFormer checkpoint such as nvidia/mit-b0"
         ) from None
-    return model
+
+
+def cached_snapshot(repo_id: str) -> Path | None:
+    """The Hugging Face cache folder holding ``repo_id``'s main revision, if it is cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        config = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:  # not a valid repo id
+        return None
+    if not isinstance(config, str):
+        return None
+    snapshot = Path(config).parent
+    has_weights = any(snapshot.glob("*.safetensors")) or any(snapshot.glob("*.bin"))
+    return snapshot if has_weights else None
+
+
+def _from_pretrained(source: str, kwargs: dict[str, Any], **options: Any):
+    from transformers import AutoModelForSemanticSegmentation
+
+    with quiet_transformers():
+        return AutoModelForSemanticSegmentation.from_pretrained(source, **kwargs, **options)
 
 
 def _first_line(exc: BaseException) -> str:

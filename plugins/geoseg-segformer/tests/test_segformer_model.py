@@ -115,3 +115,24 @@ def test_options_from_key_value_pairs_are_validated_by_field():
         build_options(SegformerOptions, ["bias=some"])
     with pytest.raises(OptionError, match="dropout"):
         build_options(SegformerOptions, ["dropout=1.5"])
+
+
+def test_a_hub_checkpoint_in_the_cache_loads_offline(tiny_config, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+    from geoseg_segformer.model import load_pretrained
+    from transformers import SegformerForSemanticSegmentation
+
+    from geoseg.classes import ClassMap
+    from geoseg.errors import WeightsError
+
+    # The layout `hf download geoseg/tiny-segformer` leaves in the Hugging Face cache.
+    repo = tmp_path / "hub" / "models--geoseg--tiny-segformer"
+    SegformerForSemanticSegmentation(tiny_config()).save_pretrained(repo / "snapshots" / "abc123")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    model = load_pretrained("geoseg/tiny-segformer", ClassMap.from_names(["a", "b", "c"]))
+    assert model.config.id2label == {0: "a", 1: "b", 2: "c"}
+    with pytest.raises(WeightsError, match="hf download geoseg/other-model"):
+        load_pretrained("geoseg/other-model")
