@@ -74,10 +74,10 @@ def train_segformer(
     device = resolve_device(settings.device)
     if device == "cpu" and options.mixed_precision == "fp16":
         raise OptionError("mixed_precision fp16 needs a GPU; use bf16 or no on the CPU")
-    # Accelerate only forms a multi-process CPU group (gloo) when told it runs on the CPU;
-    # otherwise each process launched by accelerate/torchrun would train alone.
     # "no" defers to `accelerate launch --mixed_precision` / the accelerate config.
     precision = None if options.mixed_precision == "no" else options.mixed_precision
+    # Accelerate only forms a multi-process CPU group (gloo) when told it runs on the CPU;
+    # otherwise each process launched by accelerate/torchrun would train alone.
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision=precision)
     if accelerator.device.type != device.split(":")[0]:
         log.warning("running on %s (chosen by accelerate), not %s", accelerator.device, device)
