@@ -160,6 +160,7 @@ class SamBackend(Backend):
         import torch
 
         from geoseg_sam.decode import segment_chip
+        from geoseg_sam.model import image_embeddings
         from geoseg_sam.preprocess import BandStretch, select_bands
 
         if self.model is None:
@@ -178,7 +179,7 @@ class SamBackend(Backend):
         images = stretch.apply(data, batch.valid[prompted])
         with torch.no_grad():
             pixel_values = self.frame.pixel_values(images, self.device)
-            embeddings = self.model.get_image_embeddings(pixel_values)
+            embeddings = image_embeddings(self.model, pixel_values)
             for j, i in enumerate(prompted):
                 water = segment_chip(
                     self.model, embeddings[j], batch.prompts[i], self.frame, height, width,

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = "facebook/sam-vit-base"
 DECODER_PREFIX = "mask_decoder."
+#: Chips per vision-encoder call: bounds the global-attention activations (about 1 GB per
+#: 1024 px chip at ViT-B) without costing throughput.
+ENCODER_BATCH = 4
 
 
 def load_sam(checkpoint: str | None) -> tuple[SamModel, ModelInput]:
@@ -145,6 +148,19 @@ def _processor_config(checkpoint: str) -> Path | None:
 
     cached = try_to_load_from_cache(checkpoint, "preprocessor_config.json")
     return Path(cached) if isinstance(cached, str) else None
+
+
+def image_embeddings(model: SamModel, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Frozen-encoder embeddings (N, C, h, w) float32 of (N, 3, S, S) pixel values."""
+    import torch
+
+    with torch.no_grad():
+        return torch.cat(
+            [
+                model.get_image_embeddings(pixel_values[start : start + ENCODER_BATCH]).float()
+                for start in range(0, len(pixel_values), ENCODER_BATCH)
+            ]
+        )
 
 
 def freeze_encoders(model: SamModel) -> None:

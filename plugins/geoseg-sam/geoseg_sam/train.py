@@ -39,6 +39,7 @@ from geoseg_sam.model import (
     DEFAULT_CHECKPOINT,
     checkpoint_identity,
     freeze_encoders,
+    image_embeddings,
     load_decoder,
     load_sam,
     save_decoder,
@@ -294,7 +295,7 @@ def train_decoder(
         encoder_chips += len(images)
         with torch.no_grad(), accelerator.autocast():
             pixel_values = frame.pixel_values(images, device)
-            return sam.get_image_embeddings(pixel_values).float()
+            return image_embeddings(sam, pixel_values)
 
     if state.epoch >= settings.epochs:
         log.warning("%s was already trained for %d epochs; nothing to do (raise --epochs to go on)", out, state.epoch)
