@@ -117,7 +117,7 @@ def predict_raster(
                 _finalise(mask_tmp, out_path, target_crs, resampling="nearest")
                 if prob_tmp is not None:
                     _finalise(prob_tmp, Path(probabilities_path), target_crs,
-                              resampling="average")
+                              resampling="average", compress="DEFLATE", predictor=True)
             finally:
                 remove_all(scratch)
     write_raster_qml(out_path, classes)
@@ -330,18 +330,18 @@ def _run_backend(
     return result.astype(np.float32, copy=False)
 
 
-def _finalise(tmp: Path, final: Path, dst_crs, *, resampling: str) -> None:
+def _finalise(tmp: Path, final: Path, dst_crs, *, resampling: str, **cog_options) -> None:
     """Turn a temporary tiled GeoTIFF into the final COG, reprojected if ``dst_crs``."""
     if dst_crs is None:
         with atomic_output(final) as out:
-            write_cog(tmp, out, resampling=resampling)
+            write_cog(tmp, out, resampling=resampling, **cog_options)
         return
     warped = scratch_path(final)
     try:
         reproject_tiled(tmp, warped, dst_crs,
                         Resampling.nearest if resampling == "nearest" else Resampling.bilinear)
         with atomic_output(final) as out:
-            write_cog(warped, out, resampling=resampling)
+            write_cog(warped, out, resampling=resampling, **cog_options)
     finally:
         remove_all([warped])
 
