@@ -221,7 +221,7 @@ def test_predict_with_auto_prompts_is_georeferenced(workspace, trained):
     truth = workspace["water"]
     iou = (predicted & truth).sum() / (predicted | truth).sum()
     assert iou > 0.3, iou
-    shapes = gpd.read_file(polygons)
+    shapes = gpd.read_file(polygons, layer="classes")
     assert "water" in set(shapes["class_name"])
     assert shapes.crs == rasterio.open(workspace["crop"]).crs
 
@@ -293,3 +293,37 @@ def test_false_colour_bands_come_back_from_the_model(workspace, tmp_path):
     assert backend.capabilities().bands == ("nir", "red", "green")
     assert backend.prompt_settings()["boxes"] is True
     shutil.rmtree(out)
+
+
+def test_accelerate_launch_on_two_cpu_processes_writes_one_model(workspace, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    launcher = Path(sys.executable).with_name("accelerate")
+    if not launcher.exists():
+        pytest.skip("accelerate's launcher is not installed")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "ddp"
+    # --multi_gpu selects torch.distributed's launcher; without GPUs it runs gloo on CPU.
+    command = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(port), "-m", "geoseg",
+               *map(str, train_args(workspace, out, tmp_path / "cache", 2))]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240,
+                            env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    from geoseg.dataset import ChipDataset
+
+    n_train = len(ChipDataset.open(workspace["chips"]).split("train"))
+    # Each process took half of the chips per epoch.
+    assert history[0]["steps"] == -(-n_train // 4)
+    assert {p.name for p in out.iterdir()} == {
+        "decoder.safetensors", "geoseg_sam.json", "history.json", "history.png", "training_state"
+    }
+    assert not list(out.rglob("*.part*"))
