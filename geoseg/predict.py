@@ -202,11 +202,11 @@ def _batches(
 
 def _make_batch(chips: list[Chip], prompt_source) -> _Batch:
     valid = np.stack([chip.valid for chip in chips])
-    images = np.stack([chip.data for chip in chips]).astype(np.float32, copy=False)
-    if chips[0].data.dtype.kind == "f":
-        images = np.where(valid[:, None], images, np.float32(0))  # NaN * 0 would stay NaN
+    data = np.stack([chip.data for chip in chips])
+    if data.dtype.kind == "f":
+        images = np.where(valid[:, None], data, 0).astype(np.float32, copy=False)  # NaN * 0 is NaN
     else:
-        images *= valid[:, None]
+        images = np.multiply(data, valid[:, None], dtype=np.float32)
     prompts = None
     if prompt_source is not None:
         prompts = tuple(prompt_source.for_chip(chip) for chip in chips)

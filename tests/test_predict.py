@@ -252,3 +252,21 @@ def test_best_channel_is_argmax_with_ties_to_the_first():
     rng = np.random.default_rng(2)
     scores = rng.integers(0, 4, (5, 40, 30)).astype(np.float32)  # many ties
     np.testing.assert_array_equal(best_channel(scores), np.argmax(scores, axis=0))
+
+
+def test_float_source_with_nan_nodata_reaches_the_backend_as_zeros(tmp_path):
+    class NoNaN(ThreeClass):
+        name = "no-nan"
+
+        def predict(self, batch):
+            assert np.isfinite(batch.images).all()
+            assert (batch.images[~np.broadcast_to(batch.valid[:, None], batch.images.shape)] == 0).all()
+            return super().predict(batch)
+
+    data = np.random.default_rng(3).random((2, 50, 40)).astype(np.float32) * 900
+    data[:, 5:15, 5:15] = np.nan
+    from conftest import write_raster
+
+    src = write_raster(tmp_path / "f.tif", data, nodata=float("nan"), transform=UTM)
+    mask = read(predict_raster(NoNaN(), src, tmp_path / "f_mask.tif", overlap=8))
+    assert (mask[5:15, 5:15] == 255).all() and (mask[20:] != 255).all()
