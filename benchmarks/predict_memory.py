@@ -5,7 +5,7 @@ while the raster grows 16 times in pixels (4k -> 16k square by default). Each ru
 fresh process; peak memory is its resident high-water mark (VmHWM).
 
     python benchmarks/predict_memory.py            # 4096 and 16384 px square
-    python benchmarks/predict_memory.py --quick    # 1024 and 4096 px square
+    python benchmarks/predict_memory.py --quick    # 2048 and 8192 px square
 """
 
 from __future__ import annotations
@@ -61,10 +61,10 @@ def peak(src: Path, out: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1024 and 4096 px instead")
+    parser.add_argument("--quick", action="store_true", help="2048 and 8192 px instead")
     parser.add_argument("--sizes", type=int, nargs=2, default=None, metavar=("SMALL", "LARGE"))
     args = parser.parse_args()
-    sizes = args.sizes or ((1024, 4096) if args.quick else (4096, 16384))
+    sizes = args.sizes or ((2048, 8192) if args.quick else (4096, 16384))
     with tempfile.TemporaryDirectory(prefix="geoseg-bench-") as tmp:
         results = {}
         for size in sizes:
