@@ -109,8 +109,10 @@ class ChipBlender:
         keep = grid.size - grid.step
         # Chips reach past the right edge; the carry is wide enough to hold them whole.
         padded = grid.step * (grid.n_cols - 1) + grid.size
-        self._below = np.zeros((channels, keep, padded), np.float32)  # from earlier rows
-        self._next_below = np.zeros_like(self._below)
+        # Contributions of earlier chip rows to the overlap rows of the current one. A chip
+        # reads its columns of it before writing its own share for the next row there, and
+        # the next chip reads only columns to the right of those, so one buffer serves both.
+        self._below = np.zeros((channels, keep, padded), np.float32)
         self._right = np.zeros((channels, grid.size, keep), np.float32)
         self._row_totals = self.weights.total_rows(0, grid.height).astype(np.float32)
         self._col_totals = self.weights.total_cols().astype(np.float32)
@@ -142,7 +144,7 @@ class ChipBlender:
             # Columns left of ``keep`` took their share of the carry with the previous chip.
             start = 0 if tile.col == 0 else keep
             block[:, :keep, start:] += self._below[:, :, x0 + start : x0 + size]
-            self._next_below[:, :, x0 : x0 + size] = block[:, step:]
+            self._below[:, :, x0 : x0 + size] = block[:, step:]
             self._right = block[:, :, step:].copy()
         last_row, last_col = tile.row == grid.n_rows - 1, tile.col == grid.n_cols - 1
         y0 = tile.row * step
@@ -154,8 +156,6 @@ class ChipBlender:
                 self._row_totals[y0 : y0 + rows], self._col_totals[x0 : x0 + cols]
             )
         if last_col:
-            self._below, self._next_below = self._next_below, self._below
-            self._next_below[:] = 0
             self._expected = (tile.row + 1, 0)
         else:
             self._expected = (tile.row, tile.col + 1)
@@ -165,40 +165,40 @@ class ChipBlender:
 class StripWriter:
     """Writes horizontal strips of rows, in order, to a tiled GeoTIFF in whole block rows.
 
-    Rows are buffered until a full row of blocks is ready, so every block is written
-    once and compressed once.
+    Rows are gathered in one buffer of a block row until it is full, so every block is
+    written once and compressed once.
     """
 
     def __init__(self, dataset: rasterio.io.DatasetWriter, block: int = BLOCK_SIZE) -> None:
         self.dataset = dataset
         self.block = block
-        self._pending: list[np.ndarray] = []
-        self._pending_rows = 0
+        self._buffer = np.empty((dataset.count, block, dataset.width), dataset.dtypes[0])
+        self._filled = 0
         self.next_row = 0
 
     def write(self, row: int, strip: np.ndarray) -> None:
         """Queue ``strip`` (bands, rows, width) that starts at raster row ``row``."""
-        if row != self.next_row + self._pending_rows:
+        if row != self.next_row + self._filled:
             raise ValueError(f"strip at row {row} written out of order")
-        self._pending.append(strip)
-        self._pending_rows += strip.shape[1]
-        if self._pending_rows >= self.block:
-            self._flush(whole_blocks=True)
+        done = 0
+        while done < strip.shape[1]:
+            rows = min(self.block - self._filled, strip.shape[1] - done)
+            self._buffer[:, self._filled : self._filled + rows] = strip[:, done : done + rows]
+            self._filled += rows
+            done += rows
+            if self._filled == self.block:
+                self._flush()
 
     def close(self) -> None:
-        self._flush(whole_blocks=False)
+        self._flush()
 
-    def _flush(self, *, whole_blocks: bool) -> None:
-        if not self._pending_rows:
+    def _flush(self) -> None:
+        if not self._filled:
             return
-        data = np.concatenate(self._pending, axis=1) if len(self._pending) > 1 else self._pending[0]
-        rows = (self._pending_rows // self.block) * self.block if whole_blocks else self._pending_rows
-        window = Window(0, self.next_row, data.shape[2], rows)
-        self.dataset.write(data[:, :rows], window=window)
-        rest = data[:, rows:]
-        self._pending = [rest] if rest.shape[1] else []
-        self._pending_rows = rest.shape[1]
-        self.next_row += rows
+        window = Window(0, self.next_row, self.dataset.width, self._filled)
+        self.dataset.write(self._buffer[:, : self._filled], window=window)
+        self.next_row += self._filled
+        self._filled = 0
 
 
 def tiled_profile(profile: dict, **overrides) -> dict:
