@@ -460,8 +460,12 @@ def _training_step(
     """The loss of one batch of prompts, each decoded against its chip's embedding."""
     chips = torch.as_tensor([p.chip for p in prompts], device=device)
     points = labels = boxes = None
-    if prompts[0].points is not None and all(p.points is not None for p in prompts):
-        stacked, stacked_labels = pad_points([(p.points, p.labels) for p in prompts])
+    if any(p.points is not None for p in prompts):
+        # Box prompts of chips without room for negatives get padding points only.
+        empty = (np.zeros((0, 2), np.float32), np.zeros(0, np.int64))
+        stacked, stacked_labels = pad_points(
+            [(p.points, p.labels) if p.points is not None else empty for p in prompts]
+        )
         points = torch.as_tensor(stacked, device=device)[:, None]
         labels = torch.as_tensor(stacked_labels, device=device)[:, None]
     if prompts[0].box is not None:

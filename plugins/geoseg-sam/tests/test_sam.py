@@ -287,7 +287,8 @@ def test_false_colour_bands_come_back_from_the_model(workspace, tmp_path):
     out = tmp_path / "nir"
     cache = workspace["root"] / "cache"
     geoseg(*train_args(workspace, out, cache, 1, "--option", "bands=nir,red,green",
-                       "--option", "prompt=boxes", "--option", "multimask=best"))
+                       "--option", "prompt=boxes", "--option", "negative=2",
+                       "--option", "multimask=best"))
     backend = SamBackend(SamOptions())
     backend.load(str(out), "cpu")
     assert backend.capabilities().bands == ("nir", "red", "green")
@@ -327,3 +328,33 @@ def test_accelerate_launch_on_two_cpu_processes_writes_one_model(workspace, tmp_
         "decoder.safetensors", "geoseg_sam.json", "history.json", "history.png", "training_state"
     }
     assert not list(out.rglob("*.part*"))
+
+
+def test_zero_shot_on_16_bit_imagery_stretches_per_raster(workspace, tmp_path):
+    from geoseg_sam.backend import SamBackend
+    from geoseg_sam.options import SamOptions
+
+    from geoseg.raster import open_raster
+
+    with rasterio.open(workspace["crop"]) as src:
+        data = src.read().astype(np.uint16) * 40 + 1000
+        profile = src.profile | dict(dtype="uint16", nodata=None)
+    wide = tmp_path / "uint16.tif"
+    with rasterio.open(wide, "w", **profile) as dst:
+        dst.write(data)
+    backend = SamBackend(SamOptions())
+    backend.load(str(workspace["tiny"]), "cpu")
+    with open_raster(wide, "naip") as source:
+        backend.begin_raster(source)
+    stretch = backend.raster_stretch
+    red = data[0].astype(float)
+    assert stretch.low[0] == pytest.approx(np.percentile(red, 2), rel=0.02)
+    assert stretch.high[0] == pytest.approx(np.percentile(red, 98), rel=0.02)
+    eight_bit = stretch.apply(data[:3].astype(np.float32))
+    assert eight_bit.dtype == np.uint8 and eight_bit.min() == 0 and eight_bit.max() == 255
+
+    out = tmp_path / "uint16-water.tif"
+    geoseg("predict", wide, "-o", out, "--backend", "sam", "--model", workspace["tiny"],
+           "--bands", "naip", "--size", CHIP, "--device", "cpu", "-q")
+    with rasterio.open(out) as mask, rasterio.open(wide) as src:
+        assert mask.transform == src.transform and mask.crs == src.crs
