@@ -220,7 +220,7 @@ def train_decoder(
     options: SamOptions,
 ) -> Path:
     """Train SAM's mask decoder on ``dataset`` and save the model in ``settings.output_dir``."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
@@ -237,7 +237,11 @@ def train_decoder(
             f"{','.join(missing)} (they have {','.join(dataset.band_names)})"
         )
 
-    accelerator = Accelerator(**_accelerator_arguments(settings.device))
+    # A seedable sampler shuffles by (seed, epoch), so a resumed run sees the same order.
+    accelerator = Accelerator(
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=settings.seed),
+        **_accelerator_arguments(settings.device),
+    )
     main = accelerator.is_main_process
     set_seed(settings.seed)
     device = accelerator.device
@@ -304,6 +308,7 @@ def train_decoder(
         _write_settings(out, base, checkpoint_id, frame, stretch, options, dataset, target_name, settings, state)
     for epoch in range(state.epoch + 1, settings.epochs + 1):
         model.train()
+        loader.set_epoch(epoch)
         epoch_rng = np.random.default_rng([settings.seed, epoch, accelerator.process_index])
         encoder_chips, cache.hits, cache.misses = 0, 0, 0
         started = time.perf_counter()
@@ -322,7 +327,7 @@ def train_decoder(
             if not prompts:
                 # Every process must step together; a zero-weight prompt keeps this one in.
                 prompts = [_dummy_prompt(batch["target"][0], frame)]
-            loss = _training_step(model, embeddings, prompts, frame, options, device)
+            loss = training_step(model, embeddings, prompts, frame, options, device)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(decoder_parameters, MAX_GRAD_NORM)
@@ -449,7 +454,7 @@ def _dummy_prompt(target: np.ndarray, frame: ModelInput) -> TrainingPrompt:
     return TrainingPrompt(0, None, None, box, empty, ~empty, weight=0.0)
 
 
-def _training_step(
+def training_step(
     model,
     embeddings: torch.Tensor,
     prompts: list[TrainingPrompt],

@@ -360,3 +360,27 @@ def test_zero_shot_on_16_bit_imagery_stretches_per_raster(workspace, tmp_path):
            "--bands", "naip", "--size", CHIP, "--device", "cpu", "-q")
     with rasterio.open(out) as mask, rasterio.open(wide) as src:
         assert mask.transform == src.transform and mask.crs == src.crs
+
+
+@pytest.mark.parametrize(
+    ("loss", "multimask", "prompt"),
+    [("dice", "single", "points"), ("focal", "best", "boxes"), ("dicece", "mean", "points")],
+)
+def test_every_loss_and_multimask_mode_trains_the_decoder_only(workspace, loss, multimask, prompt):
+    from geoseg_sam.model import freeze_encoders, load_sam
+    from geoseg_sam.train import draw_training_prompts, training_prompt_settings, training_step
+
+    model, frame = load_sam(str(workspace["tiny"]))
+    freeze_encoders(model)
+    options = SamOptions(loss=loss, multimask=multimask, prompt=prompt, negative=1)
+    water = workspace["water"][:CHIP, :CHIP].astype(np.uint8)
+    prompts = draw_training_prompts(
+        water, 0, training_prompt_settings(options, 0), np.random.default_rng(0), frame, 8
+    )
+    assert prompts and all((p.box is not None) == (prompt == "boxes") for p in prompts)
+    embeddings = torch.randn(1, 64, 8, 8)
+    value = training_step(model, embeddings, prompts, frame, options, "cpu")
+    value.backward()
+    assert torch.isfinite(value) and value > 0
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads and all(n.startswith("mask_decoder.") for n in grads)
