@@ -30,8 +30,9 @@ pytestmark = pytest.mark.skipif(not NAIP.exists(), reason="../shared/data sample
 
 CROP = Window(320, 320, 256, 256)
 CHIP = 64
-EPOCHS = 8
-RESUMED_EPOCHS = 10
+EPOCHS = 24
+RESUMED_EPOCHS = 30
+LR = 3e-3
 
 
 def geoseg(*args, expect: int = 0):
@@ -44,21 +45,21 @@ def geoseg(*args, expect: int = 0):
 
 
 def save_tiny_sam(folder: Path) -> Path:
-    """A 1 MB SAM: 128 px input, 2 encoder layers, 64-channel embeddings."""
+    """A 1 MB SAM: 128 px input, 8 px patches, 2 encoder layers, 64-channel embeddings."""
     from transformers import SamConfig, SamModel
     from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
-    size, channels = 128, 64
+    size, patch, channels = 128, 8, 64
     config = SamConfig(
         vision_config=dict(
             hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=size,
-            patch_size=16, output_channels=channels, window_size=4, global_attn_indexes=[1],
+            patch_size=patch, output_channels=channels, window_size=4, global_attn_indexes=[1],
             mlp_dim=64, num_pos_feats=channels // 2,
             # SamVisionConfig's default (1e-10) leaves random encoders blind to the image.
             initializer_range=0.02,
         ),
         prompt_encoder_config=dict(
-            hidden_size=channels, image_size=size, patch_size=16, mask_input_channels=4
+            hidden_size=channels, image_size=size, patch_size=patch, mask_input_channels=4
         ),
         mask_decoder_config=dict(
             hidden_size=channels, mlp_dim=2 * channels, num_hidden_layers=2,
@@ -127,7 +128,7 @@ def workspace(tmp_path_factory):
 
 def train_args(ws, out, cache, epochs, *extra):
     return ("train", "--backend", "sam", ws["chips"], "-o", out, "--model", ws["tiny"],
-            "--epochs", epochs, "--batch-size", 2, "--lr", 5e-3, "--device", "cpu", "-q",
+            "--epochs", epochs, "--batch-size", 2, "--lr", LR, "--device", "cpu", "-q",
             "--option", f"cache={cache}", *extra)
 
 
@@ -147,11 +148,57 @@ def trained(workspace):
             "history": json.loads((out / "history.json").read_text())}
 
 
+def training_set_loss(workspace, model_dir: Path | None, trained_dir: Path) -> float:
+    """Mean loss over the train chips, fixed prompts, of a trained decoder or the initial one.
+
+    Both see the chips through the trained model's 8-bit stretch.
+    """
+    from geoseg_sam.backend import SamBackend
+    from geoseg_sam.model import image_embeddings
+    from geoseg_sam.preprocess import BandStretch
+    from geoseg_sam.train import (
+        ChipSet,
+        draw_training_prompts,
+        training_prompt_settings,
+        training_step,
+    )
+
+    from geoseg.dataset import ChipDataset
+
+    backend = SamBackend(SamOptions())
+    backend.load(str(model_dir or workspace["tiny"]), "cpu")
+    options = SamOptions()
+    dataset = ChipDataset.open(workspace["chips"])
+    settings = json.loads((trained_dir / "geoseg_sam.json").read_text())
+    stretch = BandStretch.from_json(settings["stretch"])
+    chips = ChipSet(dataset, dataset.split("train"), options.bands, stretch, target_id=1)
+    settings = training_prompt_settings(options, 0)
+    losses = []
+    with torch.no_grad():
+        for i in range(len(chips)):
+            item = chips[i]
+            prompts = draw_training_prompts(
+                item["target"], 0, settings, np.random.default_rng(i), backend.frame, 16
+            )
+            if prompts:
+                pixels = backend.frame.pixel_values(item["image"][None])
+                embedding = image_embeddings(backend.model, pixels)
+                losses.append(float(training_step(
+                    backend.model, embedding, prompts, backend.frame, options, "cpu"
+                )))
+    assert len(losses) > len(chips) // 2
+    return float(np.mean(losses))
+
+
 def test_training_lowers_the_loss_and_reads_embeddings_from_the_cache(workspace, trained):
     history = trained["history"]
-    # Prompts are redrawn every epoch, so single epochs are noisy: compare pairs.
-    losses = [h["train_loss"] for h in trained["before"]]
-    assert np.mean(losses[-2:]) < 0.85 * np.mean(losses[:2]), losses
+    # Prompts are redrawn every epoch, so the logged loss is noisy; judge the trained
+    # decoder against the initial one on the same chips and the same prompts.
+    trained_loss = training_set_loss(workspace, trained["out"], trained["out"])
+    initial_loss = training_set_loss(workspace, None, trained["out"])
+    assert trained_loss < 0.8 * initial_loss, (trained_loss, initial_loss)
+    logged = [h["train_loss"] for h in trained["before"]]
+    assert np.mean(logged[-3:]) < 0.75 * np.mean(logged[:3]), logged
     assert all(0 <= h["val_iou"] <= 1 and 0 <= h["val_f1"] <= 1 for h in history)
 
     from geoseg.dataset import ChipDataset
@@ -179,7 +226,7 @@ def test_resume_continues_from_the_saved_epoch(trained):
     steps = history[0]["steps"]
     assert state["scheduler"]["last_epoch"] == RESUMED_EPOCHS * steps
     factor = lr_schedule(SamOptions(), RESUMED_EPOCHS * steps)
-    assert history[EPOCHS]["lr"] == pytest.approx(5e-3 * factor((EPOCHS + 1) * steps))
+    assert history[EPOCHS]["lr"] == pytest.approx(LR * factor((EPOCHS + 1) * steps))
 
 
 def test_encoders_stay_frozen_and_only_the_decoder_is_saved(workspace, trained):
@@ -378,7 +425,7 @@ def test_every_loss_and_multimask_mode_trains_the_decoder_only(workspace, loss, 
         water, 0, training_prompt_settings(options, 0), np.random.default_rng(0), frame, 8
     )
     assert prompts and all((p.box is not None) == (prompt == "boxes") for p in prompts)
-    embeddings = torch.randn(1, 64, 8, 8)
+    embeddings = torch.randn(1, 64, 16, 16)
     value = training_step(model, embeddings, prompts, frame, options, "cpu")
     value.backward()
     assert torch.isfinite(value) and value > 0
