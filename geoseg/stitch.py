@@ -253,6 +253,7 @@ def scratch_path(final: Path) -> Path:
 
 
 def remove_all(paths: Sequence[Path]) -> None:
+    """Delete temporary rasters and the ``.aux.xml`` files GDAL may have left beside them."""
     for path in paths:
         remove(path)
         aux = Path(str(path) + ".aux.xml")
