@@ -27,7 +27,9 @@ class SamOptions:
     by up to this many pixels. ``multimask``: how SAM's three masks per prompt become one
     (mean of logits, the best-scored one, or SAM's single-mask output). ``cache``: folder
     of the embedding cache (default ``$XDG_CACHE_HOME/geoseg/sam-embeddings``), ``off`` to
-    recompute embeddings every epoch. ``bands``: three band names fed as R, G, B.
+    recompute embeddings every epoch. ``max_prompts``: prompts per chip and step, drawn at
+    random from all of the chip's prompts (decoder work per step grows with it; a new draw
+    every epoch covers the rest). ``bands``: three band names fed as R, G, B.
     ``percentiles``: low and high percentiles of the 8-bit stretch. ``target``: the class to
     segment when the dataset has more than one. ``index`` / ``threshold``: override the
     spectral prompt settings of ``--prompts auto`` at prediction.
@@ -42,7 +44,7 @@ class SamOptions:
     multimask: Literal["mean", "best", "single"] = "mean"
     loss: Literal["dice", "dicece", "focal"] = "dicece"
     cache: str | None = None
-    max_prompts: int = 16
+    max_prompts: int = 8
     weight_decay: float = 0.01
     warmup: float = 0.1
     schedule: Literal["cosine", "linear"] = "cosine"

@@ -369,7 +369,8 @@ def train_decoder(
         state.epoch = epoch
         if main:
             _log_epoch(record, val_records)
-            _save_epoch(out, sam, optimizer, scheduler, state, history, improved)
+            _save_epoch(out, sam, optimizer, scheduler, state, history, improved,
+                        plot=epoch == settings.epochs)
             _write_settings(out, base, checkpoint_id, frame, stretch, options, dataset, target_name, settings, state)
         accelerator.wait_for_everyone()
     accelerator.wait_for_everyone()
@@ -611,7 +612,7 @@ def _write_settings(out: Path, base: str, checkpoint_id: str, frame: ModelInput,
 
 
 def _save_epoch(out: Path, sam, optimizer, scheduler, state: RunState,
-                history: list[dict[str, Any]], improved: bool) -> None:
+                history: list[dict[str, Any]], improved: bool, *, plot: bool) -> None:
     """Write the last-epoch training state, the best decoder, the history and its plot."""
     state_dir = ensure_folder(out / STATE_DIR)
     with atomic_output(state_dir / DECODER_FILE) as tmp:
@@ -633,8 +634,10 @@ def _save_epoch(out: Path, sam, optimizer, scheduler, state: RunState,
             save_decoder(sam, tmp, {"epoch": str(state.epoch)})
     with atomic_output(out / HISTORY_FILE) as tmp:
         tmp.write_text(json.dumps(history, indent=2))
-    with atomic_output(out / PLOT_FILE) as tmp:
-        plot_history(history, tmp)
+    # Drawing takes longer than a decoder epoch on small sets: only at the end of a run.
+    if plot:
+        with atomic_output(out / PLOT_FILE) as tmp:
+            plot_history(history, tmp)
 
 
 def _load_state(out: Path, sam, optimizer, scheduler) -> RunState:
