@@ -6,6 +6,10 @@ argmax, one band of chip rows at a time. The mask is written as a tiled GeoTIFF,
 finalised as a Cloud Optimized GeoTIFF with overviews and renamed into place, so an
 output under its final name is always complete.
 
+A large raster can also be predicted in blocks of chip rows by separate processes
+(``predict_part``), each writing a part file of whole output rows, then joined in row
+order by one writer (``merge_parts``); the mask is identical to ``predict_raster``'s.
+
 Output naming for several sources (``plan_outputs``): one source file and an output
 ending in ``.tif``/``.tiff`` gives that file; otherwise the output is a folder holding
 ``<stem>.tif`` per source, with ``<stem>.qml`` (QGIS style), ``<stem>.gpkg`` (polygons,
@@ -16,13 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform
@@ -36,6 +41,8 @@ from geoseg.stitch import (
     BLOCK_SIZE,
     ChipBlender,
     StripWriter,
+    finished_rows,
+    margin_rows,
     remove_all,
     row_bands,
     scratch_path,
@@ -43,7 +50,7 @@ from geoseg.stitch import (
     write_cog,
 )
 from geoseg.styles import write_class_metadata, write_raster_qml
-from geoseg.windows import TileGrid, tile_grid
+from geoseg.windows import Tile, TileGrid, tile_grid
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +94,6 @@ def predict_raster(
     if batch_size < 1:
         raise OptionError(f"--batch-size must be at least 1, got {batch_size}")
     target_crs = parse_crs(dst_crs)
-    capabilities = backend.capabilities()
     classes = backend.classes()
     if len(classes) < 1:
         raise BackendError(f"backend {backend.name!r} declares no output classes")
@@ -95,13 +101,7 @@ def predict_raster(
         ensure_folder(out_path.parent)
         if probabilities_path is not None:
             ensure_folder(Path(probabilities_path).parent)
-        names = tuple(capabilities.bands) or None
-        if names:
-            source.band_map.indexes(names, source=str(source.path))
-        grid = tile_grid(source, size if size is not None else capabilities.chip_size, 0)
-        if overlap is None:
-            overlap = min(DEFAULT_OVERLAP, grid.size // 4)
-        grid = tile_grid(source, grid.size, overlap)
+        names, grid = _plan(backend, source, size, overlap)
         _check_batch_memory(grid.size, batch_size, source.count + 2 * len(classes))
         with rasterio.Env(GDAL_CACHEMAX=_cache_bytes(source, grid)):
             backend.begin_raster(source)
@@ -122,6 +122,143 @@ def predict_raster(
                 remove_all(scratch)
     write_raster_qml(out_path, classes)
     return out_path
+
+
+def prediction_grid(
+    backend: Backend,
+    src_path: str | Path,
+    *,
+    bands: str | None = None,
+    size: int | str | None = None,
+    overlap: int | str | None = None,
+) -> TileGrid:
+    """The chip grid ``predict_raster`` uses for this source with these options."""
+    with open_raster(src_path, bands) as source:
+        return _plan(backend, source, size, overlap)[1]
+
+
+def _plan(
+    backend: Backend, source: RasterSource, size, overlap
+) -> tuple[tuple[str, ...] | None, TileGrid]:
+    """The bands the backend reads (None: all) and the chip grid over ``source``."""
+    capabilities = backend.capabilities()
+    names = tuple(capabilities.bands) or None
+    if names:
+        source.band_map.indexes(names, source=str(source.path))
+    grid = tile_grid(source, size if size is not None else capabilities.chip_size, 0)
+    if overlap is None:
+        overlap = min(DEFAULT_OVERLAP, grid.size // 4)
+    return names, tile_grid(source, grid.size, overlap)
+
+
+def predict_part(
+    backend: Backend,
+    src_path: str | Path,
+    part_path: str | Path,
+    chip_rows: tuple[int, int],
+    *,
+    bands: str | None = None,
+    size: int | str | None = None,
+    overlap: int | str | None = None,
+    batch_size: int = 8,
+    prompts: str | Path | None = None,
+    probabilities_part: str | Path | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Predict the output rows that chip rows ``chip_rows`` (first, stop) finish.
+
+    Writes a tiled GeoTIFF of whole output rows (georeferenced, class metadata as in the
+    mask) to ``part_path``, under a temporary name first. The chip rows above that reach
+    into those rows are predicted too, so the rows are blended exactly as by
+    ``predict_raster``. ``progress(chips_done, chips_total)`` counts only the block's chips.
+    """
+    part_path = Path(part_path)
+    if batch_size < 1:
+        raise OptionError(f"--batch-size must be at least 1, got {batch_size}")
+    classes = backend.classes()
+    with open_raster(src_path, bands) as source:
+        names, grid = _plan(backend, source, size, overlap)
+        first, stop = chip_rows
+        if not 0 <= first < stop <= grid.n_rows:
+            raise OptionError(f"chip rows {first}:{stop} are outside a grid of {grid.n_rows} rows")
+        _check_batch_memory(grid.size, batch_size, source.count + 2 * len(classes))
+        with rasterio.Env(GDAL_CACHEMAX=_cache_bytes(source, grid)):
+            backend.begin_raster(source)
+            prompt_source = _prompt_source(backend, source, prompts)
+            with contextlib.ExitStack() as outputs:
+                mask_tmp = outputs.enter_context(atomic_output(part_path))
+                prob_tmp = None
+                if probabilities_part is not None:
+                    prob_tmp = outputs.enter_context(atomic_output(Path(probabilities_part)))
+                _stream(
+                    backend, source, grid, classes, names, batch_size, prompt_source,
+                    mask_tmp, prob_tmp, progress, chip_rows=(first, stop),
+                )
+    return part_path
+
+
+def merge_parts(
+    parts: Sequence[Path],
+    out_path: str | Path,
+    classes: ClassMap,
+    *,
+    dst_crs: str | None = None,
+    probability_parts: Sequence[Path] | None = None,
+    probabilities_path: str | Path | None = None,
+) -> Path:
+    """Join part files of ``predict_part`` (in row order) into the final mask COG.
+
+    The result is what ``predict_raster`` writes for the whole raster: COG, colour
+    table, class tags, ``.qml`` style, optional probabilities.
+    """
+    out_path = Path(out_path)
+    target_crs = parse_crs(dst_crs)
+    mask_tmp = scratch_path(out_path)
+    prob_tmp = scratch_path(Path(probabilities_path)) if probability_parts else None
+    scratch = [p for p in (mask_tmp, prob_tmp) if p is not None]
+    try:
+        _join(parts, mask_tmp)
+        _finalise(mask_tmp, out_path, target_crs, resampling="nearest")
+        if prob_tmp is not None:
+            _join(probability_parts, prob_tmp)
+            _finalise(prob_tmp, Path(probabilities_path), target_crs,
+                      resampling="average", compress="DEFLATE", predictor=True)
+    finally:
+        remove_all(scratch)
+    write_raster_qml(out_path, classes)
+    return out_path
+
+
+def _join(parts: Sequence[Path], out: Path) -> None:
+    """Stack part rasters of whole rows, top to bottom, into one tiled GeoTIFF."""
+    with rasterio.open(parts[0]) as first:
+        profile = dict(first.profile)
+        tags, descriptions = first.tags(), first.descriptions
+        colormap = None
+        if first.count == 1 and first.dtypes[0] == "uint8":
+            with contextlib.suppress(ValueError):  # no colour table to carry over
+                colormap = first.colormap(1)
+        transform = first.transform
+    height = 0
+    for part in parts:
+        with rasterio.open(part) as dataset:
+            height += dataset.height
+    with rasterio.open(out, "w", **tiled_profile(profile, height=height,
+                                                  transform=transform)) as dataset:
+        dataset.update_tags(**tags)
+        for i, description in enumerate(descriptions, start=1):
+            dataset.set_band_description(i, description or "")
+        if colormap is not None:
+            dataset.write_colormap(1, colormap)
+        writer = StripWriter(dataset)
+        top = 0
+        for part in parts:
+            with rasterio.open(part) as piece:
+                for row, rows in row_bands(piece.height, BLOCK_SIZE):
+                    window = rasterio.windows.Window(0, row, piece.width, rows)
+                    writer.write(top + row, piece.read(window=window))
+                top += piece.height
+        writer.close()
 
 
 #: Largest batch (chips, bands and probabilities as float32) the engine agrees to build.
@@ -176,14 +313,14 @@ class _Batch:
 
 def _batches(
     source: RasterSource,
-    grid: TileGrid,
+    tiles: Iterable[Tile],
     names: tuple[str, ...] | None,
     batch_size: int,
     prompt_source,
 ) -> Iterator[_Batch | list[Chip]]:
     """Batches of chips with valid pixels, in grid order; chips with none come alone."""
     pending: list[Chip] = []
-    for tile in grid:
+    for tile in tiles:
         chip = source.read_chip(tile, names)
         if not chip.valid.any():
             # Nothing to predict; the engine still needs the chip to keep grid order.
@@ -224,21 +361,29 @@ def _stream(
     mask_tmp: Path,
     prob_tmp: Path | None,
     progress: Progress | None,
+    chip_rows: tuple[int, int] | None = None,
 ) -> None:
-    """Predict every chip and write the mask (and probabilities) to tiled GeoTIFFs."""
+    """Predict every chip and write the mask (and probabilities) to tiled GeoTIFFs.
+
+    ``chip_rows`` (first, stop): write only the rows these chip rows finish.
+    """
     band_names = names or source.band_names
     channels = len(classes)
     class_ids = np.array(classes.ids, dtype=np.uint8)
     ids_are_channels = bool(np.array_equal(class_ids, np.arange(channels)))
-    blender = ChipBlender(grid, channels)
-    base = source.profile(count=1, dtype="uint8", nodata=IGNORE_INDEX)
+    first, stop = chip_rows or (0, grid.n_rows)
+    start = max(0, first - margin_rows(grid))
+    blender = ChipBlender(grid, channels, first_row=start)
+    top0, height = finished_rows(grid, first, stop)
+    base = source.profile(count=1, dtype="uint8", nodata=IGNORE_INDEX, height=height,
+                          transform=source.transform * Affine.translation(0, top0))
     mask_file = rasterio.open(mask_tmp, "w", **tiled_profile(base))
     prob_file = None
     if prob_tmp is not None:
         prob_profile = tiled_profile(base, count=channels, dtype="float32", nodata=float("nan"),
                                      predictor=3)
         prob_file = rasterio.open(prob_tmp, "w", **prob_profile)
-    total, done = len(grid), 0
+    total, done = (stop - first) * grid.n_cols, 0
     last_col = grid.n_cols - 1
     mask_strip = prob_strip = None
     try:
@@ -251,7 +396,9 @@ def _stream(
             prob_writer = StripWriter(prob_file)
         # Reading the next batch overlaps with the backend's work on this one.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-read") as reader:
-            batches = _batches(source, grid, names, batch_size, prompt_source)
+            tiles = (grid.tile(row, col) for row in range(start, stop)
+                     for col in range(grid.n_cols))
+            batches = _batches(source, tiles, names, batch_size, prompt_source)
             upcoming = reader.submit(next, batches, None)
             while True:
                 batch = upcoming.result()
@@ -267,6 +414,8 @@ def _stream(
                 for i, chip in enumerate(chips):
                     chip_probs = None if probabilities is None else probabilities[i]
                     top, left, finished = blender.add(chip.tile, chip_probs)
+                    if chip.tile.row < first:
+                        continue  # a margin chip: its rows belong to the block above
                     rows, cols = finished.shape[1:]
                     if chip.tile.col == 0:
                         mask_strip = np.empty((1, rows, grid.width), np.uint8)
@@ -281,10 +430,10 @@ def _stream(
                     if prob_strip is not None:
                         prob_strip[:, :, left : left + cols] = np.where(valid, finished, np.nan)
                     if chip.tile.col == last_col:
-                        mask_writer.write(top, mask_strip)
+                        mask_writer.write(top - top0, mask_strip)
                         if prob_writer is not None:
-                            prob_writer.write(top, prob_strip)
-                done += len(chips)
+                            prob_writer.write(top - top0, prob_strip)
+                done += sum(chip.tile.row >= first for chip in chips)
                 if progress is not None:
                     progress(done, total)
         mask_writer.close()

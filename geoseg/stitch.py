@@ -102,7 +102,7 @@ class ChipBlender:
     raster's width, and the overlap columns right of the current chip.
     """
 
-    def __init__(self, grid: TileGrid, channels: int) -> None:
+    def __init__(self, grid: TileGrid, channels: int, first_row: int = 0) -> None:
         self.grid = grid
         self.channels = channels
         self.weights = BlendWeights(grid)
@@ -120,7 +120,9 @@ class ChipBlender:
         self._unit_totals = bool(
             np.all(self._row_totals == 1.0) and np.all(self._col_totals == 1.0)
         )
-        self._expected = (0, 0)
+        # Starting at a later chip row blends the rows it finishes exactly as a full pass
+        # would, once it starts early enough to see every chip over them (``margin_rows``).
+        self._expected = (first_row, 0)
 
     def add(
         self, tile: Tile, probabilities: np.ndarray | None
@@ -160,6 +162,18 @@ class ChipBlender:
         else:
             self._expected = (tile.row, tile.col + 1)
         return y0, x0, finished
+
+
+def margin_rows(grid: TileGrid) -> int:
+    """Chip rows above a chip row whose chips reach into the rows that row finishes."""
+    return math.ceil(grid.overlap / grid.step)
+
+
+def finished_rows(grid: TileGrid, first: int, stop: int) -> tuple[int, int]:
+    """(first raster row, number of rows) that chip rows ``first:stop`` finish in a blend."""
+    top = first * grid.step
+    bottom = grid.height if stop >= grid.n_rows else min(stop * grid.step, grid.height)
+    return top, bottom - top
 
 
 class StripWriter:

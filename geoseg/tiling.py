@@ -87,6 +87,19 @@ class ChipEntry:
 
 
 @dataclass
+class SourceTiles:
+    """What tiling one source produced; ``tile_sources`` joins these in source order."""
+
+    chips: list[ChipEntry] = field(default_factory=list)
+    written: int = 0
+    reused: int = 0
+    below_min_valid: int = 0
+    class_pixels: Counter = field(default_factory=Counter)
+    label_classes: ClassMap | None = None
+    tiles: int = 0
+
+
+@dataclass
 class TileSummary:
     """What a tiling run did."""
 
@@ -113,11 +126,13 @@ def tile_sources(
     *,
     on_start: Callable[[int], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    runner: Callable[[list[Path]], list[SourceTiles]] | None = None,
 ) -> TileSummary:
     """Cut ``sources`` into chips under ``out_dir``; see the module docstring.
 
     ``on_start(total_tiles)`` is called once everything is checked; ``progress(1)`` after
-    each tile.
+    each tile. ``runner(paths)``, when given, tiles the checked sources elsewhere (each
+    with ``tile_source``, e.g. on a cluster) and returns their results in source order.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -171,15 +186,21 @@ def tile_sources(
 
         summary = TileSummary(out_dir)
         label_classes = classes
-        for source, grid, labels in opened:
-            if labels is not None and labels.classes is not None:
-                label_classes = labels.classes
-            for tile in grid:
-                entry = _tile_one(source, grid, tile, labels, images_dir, labels_dir, settings, summary)
-                if entry is not None:
-                    summary.chips.append(entry)
-                if progress:
-                    progress(1)
+        if runner is not None:
+            results = runner([Path(s.path) for s, _, _ in opened])
+        else:
+            results = (
+                _tile_opened(source, grid, labels, images_dir, labels_dir, settings, progress)
+                for source, grid, labels in opened
+            )
+        for result in results:
+            if result.label_classes is not None:
+                label_classes = result.label_classes
+            summary.chips.extend(result.chips)
+            summary.written += result.written
+            summary.reused += result.reused
+            summary.below_min_valid += result.below_min_valid
+            summary.class_pixels.update(result.class_pixels)
         _assign_splits(summary.chips, settings)
         _write_tiles(summary, out_dir)
         _write_dataset_json(summary, out_dir, opened, settings, label_classes)
@@ -189,6 +210,59 @@ def tile_sources(
             if labels is not None:
                 labels.close()
             source.close()
+
+
+def tile_source(
+    path: str | Path,
+    out_dir: str | Path,
+    settings: TileSettings = TileSettings(),
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> SourceTiles:
+    """Write the chips of one source already checked by ``tile_sources`` (for workers)."""
+    out_dir = Path(out_dir)
+    classes = (
+        ClassMap.read(settings.classes)
+        if isinstance(settings.classes, (str, Path))
+        else settings.classes
+    )
+    source = open_raster(path, settings.bands, dst_crs=settings.dst_crs,
+                         resolution=settings.resolution, resampling=settings.resampling)
+    labels = None
+    try:
+        grid = tile_grid(source, settings.size, settings.overlap)
+        if settings.labels is not None:
+            labels = open_labels(settings.labels, source, field=settings.label_field,
+                                 classes=classes, unlabeled=settings.unlabeled)
+        labels_dir = out_dir / LABELS_DIR if settings.labels else None
+        return _tile_opened(source, grid, labels, out_dir / IMAGES_DIR, labels_dir, settings,
+                            progress)
+    finally:
+        if labels is not None:
+            labels.close()
+        source.close()
+
+
+def _tile_opened(
+    source: RasterSource,
+    grid: TileGrid,
+    labels,
+    images_dir: Path,
+    labels_dir: Path | None,
+    settings: TileSettings,
+    progress: Callable[[int], None] | None,
+) -> SourceTiles:
+    result = SourceTiles()
+    if labels is not None and labels.classes is not None:
+        result.label_classes = labels.classes
+    for tile in grid:
+        entry = _tile_one(source, grid, tile, labels, images_dir, labels_dir, settings, result)
+        if entry is not None:
+            result.chips.append(entry)
+        result.tiles += 1
+        if progress:
+            progress(1)
+    return result
 
 
 def _check_same_bands(sources: list[RasterSource]) -> None:
@@ -210,7 +284,7 @@ def _tile_one(
     images_dir: Path,
     labels_dir: Path | None,
     settings: TileSettings,
-    summary: TileSummary,
+    summary: SourceTiles,
 ) -> ChipEntry | None:
     name = tile.name(source.path.stem, grid.digits) + ".tif"
     image_path = images_dir / name

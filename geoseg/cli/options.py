@@ -89,3 +89,20 @@ class Progress:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def cluster_options(f):
+    """``--workers N`` (a local dask cluster) and ``--scheduler`` (an existing one)."""
+    f = click.option(
+        "--scheduler",
+        default=None,
+        metavar="tcp://HOST:PORT|FILE",
+        help="Run on an existing dask cluster: scheduler address or scheduler JSON file.",
+    )(f)
+    return click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="N",
+        help="Run on a local dask cluster of N worker processes (one thread each).",
+    )(f)

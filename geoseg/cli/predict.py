@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import click
@@ -10,6 +11,7 @@ import click
 from geoseg.cli.options import (
     Progress,
     bands_option,
+    cluster_options,
     dst_crs_option,
     overwrite_option,
     quiet_option,
@@ -72,11 +74,12 @@ class ChipProgress(Progress):
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="YAML/JSON file of backend options (--option overrides it).")
 @bands_option
+@cluster_options
 @overwrite_option
 @quiet_option
 def predict(sources, output, backend_name, model, size, overlap, batch_size, device, prompts,
             vector, min_area, simplify, dst_crs, probabilities, options, config_file, bands,
-            overwrite, quiet):
+            workers, scheduler, overwrite, quiet):
     """Predict a class mask for each of SOURCES (GeoTIFFs or folders of them).
 
     Each mask is a Cloud Optimized GeoTIFF of uint8 class ids on the source grid (255
@@ -88,10 +91,16 @@ def predict(sources, output, backend_name, model, size, overlap, batch_size, dev
     folder of <stem>.tif masks named after their sources. Give --vector alone after the
     sources for <stem>.gpkg polygons beside each mask.
 
+    --workers N runs on a local dask cluster of N processes, --scheduler on an existing
+    one: one task per raster, large rasters in blocks of chip rows, same masks. A raster
+    that fails there is reported and the others go on; the exit code is then 2 (bad
+    input) or 1 (an internal error).
+
     \b
     Examples:
       geoseg predict naip.tif -o water.tif --backend spectral --bands naip --vector
       geoseg predict scenes/ -o masks/ --backend segformer --model ./model --vector
+      geoseg predict scenes/ -o masks/ --backend spectral --workers 4
     """
     from geoseg.errors import OptionError
     from geoseg.plugins import create_backend
@@ -109,6 +118,11 @@ def predict(sources, output, backend_name, model, size, overlap, batch_size, dev
     vector_arg = True if vector == "" else vector
     jobs = plan_outputs(source_paths, output, vector=vector_arg, probabilities=probabilities,
                         single_file=single_file)
+    if workers is not None or scheduler is not None:
+        _predict_on_cluster(jobs, workers, scheduler, backend_name, options, config_file, model,
+                            device, bands, size, overlap, batch_size, prompts, dst_crs,
+                            min_area, simplify, overwrite, quiet)
+        return
     backend = None
     written = skipped = 0
     for job in jobs:
@@ -137,3 +151,64 @@ def predict(sources, output, backend_name, model, size, overlap, batch_size, dev
         written += 1
     if len(jobs) > 1:
         click.echo(f"{written} predicted, {skipped} already complete")
+
+
+def _predict_on_cluster(jobs, workers, scheduler, backend_name, options, config_file, model,
+                        device, bands, size, overlap, batch_size, prompts, dst_crs, min_area,
+                        simplify, overwrite, quiet) -> None:
+    from geoseg.distributed import (
+        BackendSpec,
+        PredictOptions,
+        cluster_client,
+        predict_on_cluster,
+    )
+
+    spec = BackendSpec(backend_name, tuple(options), str(config_file) if config_file else None,
+                       model, device)
+    spec.create()  # a typo in a backend name or option fails here, before any cluster starts
+    pending = []
+    for job in jobs:
+        if job.complete() and not overwrite:
+            click.echo(f"{job.mask}: exists, skipped (--overwrite redoes it)", err=True)
+        else:
+            pending.append(job)
+    settings = PredictOptions(bands=bands, size=size, overlap=overlap, batch_size=batch_size,
+                              prompts=prompts, dst_crs=dst_crs, min_area=min_area,
+                              simplify=simplify, overwrite=overwrite)
+    if not pending:
+        click.echo(f"0 predicted, {len(jobs)} already complete")
+        return
+    with (
+        cluster_client(workers, scheduler, announce=lambda line: click.echo(line, err=True))
+        as client,
+        Progress("predict", quiet=quiet) as bar,
+    ):
+        def done(job) -> None:
+            lines = [f"mask: {job.mask}"]
+            if job.probabilities:
+                lines.append(f"probabilities: {job.probabilities}")
+            if job.vector is not None:
+                lines.append(f"polygons: {job.vector}")
+            (bar.bar.write if bar.bar is not None else click.echo)("\n".join(lines))
+
+        def failed(failure) -> None:
+            # An internal error is a bug: it keeps its traceback, as outside the cluster.
+            message = failure.details or f"geoseg: failed: {_describe(failure)}"
+            (bar.bar.write if bar.bar is not None else click.echo)(message, file=sys.stderr)
+
+        report = predict_on_cluster(client, pending, spec, settings, on_start=bar.start,
+                                    progress=bar.update, on_done=done, on_failure=failed)
+    click.echo(f"{len(report.done)} predicted, {len(jobs) - len(pending)} already complete, "
+               f"{len(report.failed)} failed")
+    if report.failed:
+        for failure in report.failed:
+            click.echo(f"  failed: {_describe(failure)}", err=True)
+        click.echo("re-run the same command to retry only what failed", err=True)
+        sys.exit(report.exit_code)
+
+
+def _describe(failure) -> str:
+    """The source and the reason, without naming the source twice."""
+    if failure.reason.startswith(str(failure.source)):
+        return failure.reason
+    return f"{failure.source}: {failure.reason}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -9,6 +10,7 @@ import click
 from geoseg.cli.options import (
     Progress,
     bands_option,
+    cluster_options,
     dst_crs_option,
     overlap_option,
     overwrite_option,
@@ -48,15 +50,18 @@ from geoseg.cli.options import (
 @click.option("--block", type=int, default=4, show_default=True,
               help="With --split blocks: block side in chips.")
 @seed_option
+@cluster_options
 @overwrite_option
 @quiet_option
 def tile(sources, out_dir, size, overlap, bands, labels, label_field, classes, unlabeled,
          dst_crs, resolution, resampling, min_valid, val_fraction, split, block, seed,
-         overwrite, quiet):
+         workers, scheduler, overwrite, quiet):
     """Cut SOURCES into chips in OUTPUT, with labels and train/val splits.
 
     Chips keep the source CRS, dtype, bands, band names and nodata (or take the --dst-crs
-    grid). Re-running the same command skips chips that are complete.
+    grid). Re-running the same command skips chips that are complete. --workers N (a local
+    dask cluster) or --scheduler (an existing one) tiles each source as a task; the
+    dataset is the same.
 
     \b
     Example:
@@ -70,9 +75,21 @@ def tile(sources, out_dir, size, overlap, bands, labels, label_field, classes, u
         unlabeled=unlabeled, min_valid=min_valid, val_fraction=val_fraction, split=split,
         block=block, seed=seed, overwrite=overwrite,
     )
-    with Progress("tiling", quiet=quiet) as bar:
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(Progress("tiling", quiet=quiet))
+        runner = None
+        if workers is not None or scheduler is not None:
+            from geoseg.distributed import cluster_client, tile_runner
+
+            def runner(paths):
+                # Started only once every source has been checked.
+                client = stack.enter_context(cluster_client(
+                    workers, scheduler, announce=lambda line: click.echo(line, err=True)
+                ))
+                return tile_runner(client, out_dir, settings, progress=bar.update)(paths)
         summary = tile_sources(
-            list(sources), out_dir, settings, on_start=bar.start, progress=bar.update
+            list(sources), out_dir, settings, on_start=bar.start, progress=bar.update,
+            runner=runner,
         )
     counts = f"{len(summary.chips)} chips in {summary.out_dir / 'images'}"
     details = []

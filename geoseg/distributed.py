@@ -1,0 +1,563 @@
+"""Predict and tile on a dask.distributed cluster, with the same results as on one process.
+
+A job runs as tasks on the cluster's workers: one per raster, or, for a raster with more
+chip rows than a block (or when there are fewer rasters than workers), one per block of
+chip rows plus one task that joins the blocks' part files into the final mask (see
+``geoseg.predict.predict_part``). Tasks are submitted largest raster first. Workers must
+see the same file paths as the client (one machine, or a shared filesystem).
+
+Each worker process loads a backend's model once (``worker_backend``) and reuses it for
+all its tasks. Tasks report progress to the client through dask events, so one callback
+counts the chips (or tiles) of the whole job. A task that fails is reported with its
+raster and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from geoseg.errors import GeosegError, OptionError
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from geoseg.backend import Backend
+    from geoseg.predict import PredictJob
+    from geoseg.tiling import SourceTiles, TileSettings
+
+log = logging.getLogger(__name__)
+
+#: dask event topic that carries progress from tasks to the client.
+PROGRESS_TOPIC = "geoseg-progress"
+#: Chip rows per block when a raster is cut into blocks among many rasters.
+BLOCK_ROWS = 32
+#: Seconds between progress messages from one task.
+REPORT_INTERVAL = 0.5
+#: GDAL block cache of a worker process, as the command line sets it (bytes).
+WORKER_GDAL_CACHE = 64 << 20
+
+
+# Cluster ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def cluster_client(
+    workers: int | None = None,
+    scheduler: str | Path | None = None,
+    *,
+    announce: Callable[[str], None] | None = None,
+) -> Iterator[Client]:
+    """A dask client: a new local cluster of ``workers`` processes, or an existing one.
+
+    ``scheduler`` is a scheduler address (``tcp://HOST:PORT``) or a scheduler JSON file
+    (``dask scheduler --scheduler-file``). ``announce(line)`` receives the dashboard
+    address of a cluster started here.
+    """
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise OptionError(
+            "--workers and --scheduler need dask.distributed; pip install 'geoseg[distributed]'"
+        ) from None
+    if (workers is None) == (scheduler is None):
+        raise OptionError("give either --workers N (a local cluster) or --scheduler ADDRESS")
+    # dask logs every cluster event at INFO; follow geoseg's verbosity (-v) instead.
+    logging.getLogger("distributed").setLevel(max(logging.getLogger().getEffectiveLevel(),
+                                                  logging.INFO))
+    if workers is not None:
+        if workers < 1:
+            raise OptionError(f"--workers must be at least 1, got {workers}")
+        with (
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                         dashboard_address=":0") as cluster,
+            Client(cluster) as client,
+        ):
+            if announce is not None:
+                announce(f"dask cluster of {workers} workers; dashboard: {client.dashboard_link}")
+            yield client
+        return
+    scheduler = str(scheduler)
+    try:
+        if "://" in scheduler:
+            client = Client(scheduler, timeout="10s")
+        elif Path(scheduler).is_file():
+            client = Client(scheduler_file=scheduler, timeout="10s")
+        else:
+            raise OptionError(
+                f"--scheduler {scheduler}: neither an address like tcp://HOST:8786 nor an "
+                f"existing scheduler file"
+            )
+    except OSError as exc:
+        raise OptionError(f"--scheduler {scheduler}: cannot reach the scheduler ({exc})") from None
+    with client:
+        yield client
+
+
+def worker_count(client: Client) -> int:
+    """Worker processes the cluster has now (at least 1)."""
+    return max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+
+
+# The per-process model cache ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """How to build and load a backend: what a worker needs to get the same model."""
+
+    name: str
+    options: tuple[str, ...] = ()
+    config: str | None = None
+    model: str | None = None
+    device: str = "auto"
+
+    def create(self) -> Backend:
+        """A new backend with these options, not loaded."""
+        from geoseg.plugins import create_backend
+
+        return create_backend(self.name, self.options, self.config)
+
+
+_backends: dict[BackendSpec, Backend] = {}
+_loads: Counter = Counter()
+_backend_lock = threading.Lock()
+
+
+def worker_backend(spec: BackendSpec) -> Backend:
+    """This process's loaded backend for ``spec``, loaded on first use only."""
+    with _backend_lock:
+        backend = _backends.get(spec)
+        if backend is None:
+            backend = spec.create()
+            backend.load(spec.model, spec.device)
+            _backends[spec] = backend
+            _loads[spec.name] += 1
+        return backend
+
+
+def backend_loads() -> dict[str, int]:
+    """How many times this process loaded each backend (by name)."""
+    return dict(_loads)
+
+
+# Progress -----------------------------------------------------------------------------
+
+
+class _TaskReporter:
+    """Sends a task's units done to the client, at most every ``REPORT_INTERVAL`` s."""
+
+    def __init__(self, task: str) -> None:
+        from distributed import get_worker
+
+        self.task = task
+        self.worker = get_worker()
+        self.pending = 0
+        self.sent_at = time.monotonic()
+
+    def add(self, units: int) -> None:
+        self.pending += units
+        if time.monotonic() - self.sent_at >= REPORT_INTERVAL:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.worker.log_event(PROGRESS_TOPIC, (self.task, self.pending))
+            self.pending = 0
+        self.sent_at = time.monotonic()
+
+
+class _JobProgress:
+    """Client side: counts units reported by tasks; completes a task's count when it ends."""
+
+    def __init__(self, client: Client, progress: Callable[[int], None] | None) -> None:
+        self.client, self.progress = client, progress
+        self.reported: Counter = Counter()
+        self.ended: set[str] = set()
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> _JobProgress:
+        if self.progress is not None:
+            self.client.subscribe_topic(PROGRESS_TOPIC, self._event)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.progress is not None:
+            self.client.unsubscribe_topic(PROGRESS_TOPIC)
+
+    def _event(self, event) -> None:
+        task, units = event[1]
+        with self.lock:
+            if task in self.ended:  # a message that arrived after its task's result
+                return
+            self.reported[task] += units
+            self.progress(units)
+
+    def finished(self, task: str, units: int) -> None:
+        """Count whatever of a finished task's ``units`` no message reported yet."""
+        if self.progress is None:
+            return
+        with self.lock:
+            self.ended.add(task)
+            rest = units - self.reported[task]
+            if rest > 0:
+                self.progress(rest)
+
+
+# Results ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A raster whose task failed: why, and whether it is a user error (bad input).
+
+    ``details``: the worker's traceback of an internal error (a bug), else empty.
+    """
+
+    source: Path
+    reason: str
+    user_error: bool
+    details: str = ""
+
+
+@dataclass
+class ClusterReport:
+    """What a job on the cluster did: finished outputs and failed sources."""
+
+    done: list[PredictJob] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when all succeeded, 1 if any failure was internal (a bug), 2 for bad input."""
+        if not self.failed:
+            return 0
+        return 2 if all(f.user_error for f in self.failed) else 1
+
+
+def _failure(source: Path, exc: BaseException) -> Failure:
+    if isinstance(exc, GeosegError):
+        return Failure(source, str(exc), True)
+    details = "".join(traceback.format_exception(exc))
+    return Failure(source, f"{type(exc).__name__}: {exc}", False, details)
+
+
+def _guarded(source: Path, function: Callable, *args):
+    """Run a task; a failure comes back as a ``Failure`` naming ``source``.
+
+    Returned rather than raised, so the worker does not log user errors as crashes and
+    the client gets the error's class whatever dask can unpickle.
+    """
+    import rasterio
+
+    # As the command line does: GDAL's warnings go to a quiet logger.
+    logging.getLogger("rasterio").setLevel(logging.ERROR)
+    cache = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": WORKER_GDAL_CACHE}
+    try:
+        with rasterio.Env(**cache):
+            return function(*args)
+    except Exception as exc:
+        return _failure(source, exc)
+
+
+# Prediction ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """The options of ``predict_raster`` and of ``--vector`` for every job."""
+
+    bands: str | None = None
+    size: int | str | None = None
+    overlap: int | str | None = None
+    batch_size: int = 8
+    prompts: str | None = None
+    dst_crs: str | None = None
+    min_area: float = 0.0
+    simplify: float = 0.0
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class _Plan:
+    job: PredictJob
+    rows: int
+    cols: int
+    pixels: int
+
+
+def _plan_task(spec: BackendSpec, job: PredictJob, options: PredictOptions) -> _Plan:
+    from geoseg.predict import prediction_grid
+
+    grid = prediction_grid(worker_backend(spec), job.source, bands=options.bands,
+                           size=options.size, overlap=options.overlap)
+    return _Plan(job, grid.n_rows, grid.n_cols, grid.width * grid.height)
+
+
+def _predict_task(spec: BackendSpec, job: PredictJob, options: PredictOptions, task: str) -> int:
+    """Predict (and vectorize) one whole raster; returns the chips predicted."""
+    from geoseg.predict import predict_raster
+
+    backend = worker_backend(spec)
+    reporter = _TaskReporter(task)
+    chips = 0
+
+    def progress(done: int, total: int) -> None:
+        nonlocal chips
+        reporter.add(done - chips)
+        chips = done
+
+    if options.overwrite or not job.mask_complete():
+        predict_raster(
+            backend, job.source, job.mask, bands=options.bands, size=options.size,
+            overlap=options.overlap, batch_size=options.batch_size, prompts=options.prompts,
+            dst_crs=options.dst_crs, probabilities_path=job.probabilities, progress=progress,
+        )
+    reporter.flush()
+    _vectorize(job, options)
+    return chips
+
+
+def _part_task(
+    spec: BackendSpec,
+    job: PredictJob,
+    options: PredictOptions,
+    chip_rows: tuple[int, int],
+    part: Path,
+    probability_part: Path | None,
+    task: str,
+) -> int:
+    """Predict one block of chip rows into its part files; returns the chips predicted."""
+    from geoseg.predict import predict_part
+
+    reporter = _TaskReporter(task)
+    chips = 0
+
+    def progress(done: int, total: int) -> None:
+        nonlocal chips
+        reporter.add(done - chips)
+        chips = done
+
+    predict_part(
+        worker_backend(spec), job.source, part, chip_rows, bands=options.bands,
+        size=options.size, overlap=options.overlap, batch_size=options.batch_size,
+        prompts=options.prompts, probabilities_part=probability_part, progress=progress,
+    )
+    reporter.flush()
+    return chips
+
+
+def _merge_task(
+    spec: BackendSpec,
+    job: PredictJob,
+    options: PredictOptions,
+    parts: list[Path],
+    probability_parts: list[Path] | None,
+    *block_chips: int | Failure,
+) -> int | Failure:
+    """Join a raster's parts (after every block task: ``block_chips``) into its mask."""
+    from geoseg.predict import merge_parts
+    from geoseg.stitch import remove_all
+
+    for block in block_chips:
+        if isinstance(block, Failure):
+            remove_all(parts + (probability_parts or []))
+            return block
+    try:
+        merge_parts(parts, job.mask, worker_backend(spec).classes(), dst_crs=options.dst_crs,
+                    probability_parts=probability_parts, probabilities_path=job.probabilities)
+    finally:
+        remove_all(parts + (probability_parts or []))
+    _vectorize(job, options)
+    return sum(block_chips)
+
+
+def _vectorize(job: PredictJob, options: PredictOptions) -> None:
+    if job.vector is None:
+        return
+    from geoseg.vectorize import vectorize_mask
+
+    vectorize_mask(job.mask, job.vector, min_area=options.min_area, simplify=options.simplify)
+
+
+def block_plan(rows: int, block_rows: int) -> list[tuple[int, int]]:
+    """(first, stop) chip rows of consecutive blocks of at most ``block_rows`` rows."""
+    return [(first, min(first + block_rows, rows)) for first in range(0, rows, block_rows)]
+
+
+def predict_on_cluster(
+    client: Client,
+    jobs: Sequence[PredictJob],
+    spec: BackendSpec,
+    options: PredictOptions = PredictOptions(),
+    *,
+    block_rows: int | None = None,
+    on_start: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+    on_done: Callable[[PredictJob], None] | None = None,
+    on_failure: Callable[[Failure], None] | None = None,
+) -> ClusterReport:
+    """Predict ``jobs`` on the cluster; returns what finished and what failed.
+
+    Rasters with more chip rows than ``block_rows`` are cut into blocks of that many
+    rows (default: ``BLOCK_ROWS``, or fewer so that a job of fewer rasters than workers
+    keeps every worker busy). ``on_start(total_chips)`` is called once the rasters are
+    planned, ``progress(chips)`` as chips finish anywhere, ``on_done(job)`` and
+    ``on_failure(failure)`` as each raster ends.
+    """
+    from distributed import as_completed
+
+    from geoseg.stitch import remove_all, scratch_path
+
+    report = ClusterReport()
+
+    def failed(failure: Failure) -> None:
+        report.failed.append(failure)
+        if on_failure is not None:
+            on_failure(failure)
+
+    plans: list[_Plan] = []
+    planning = {
+        client.submit(_guarded, job.source, _plan_task, spec, job, options, pure=False): job
+        for job in jobs
+    }
+    for future in as_completed(planning):
+        result = _outcome(future, planning[future].source)
+        if isinstance(result, Failure):
+            failed(result)
+        else:
+            plans.append(result)
+    # Largest first, so the long rasters start early and small ones fill the gaps.
+    plans.sort(key=lambda p: p.pixels, reverse=True)
+    workers = worker_count(client)
+    if on_start is not None:
+        on_start(sum(p.rows * p.cols for p in plans))
+
+    finals: dict[object, tuple[_Plan, list[Path]]] = {}
+    with _JobProgress(client, progress) as tally:
+        tasks: dict[object, tuple[str, int]] = {}
+        for index, plan in enumerate(plans):
+            rows = block_rows
+            if rows is None:
+                rows = BLOCK_ROWS
+                if len(plans) < workers:
+                    rows = min(rows, math.ceil(plan.rows * len(plans) / workers))
+            rows = max(1, rows)
+            job, priority = plan.job, plan.pixels
+            needs_mask = options.overwrite or not job.mask_complete()
+            if plan.rows <= rows or not needs_mask:
+                name = f"{index}"
+                future = client.submit(_guarded, job.source, _predict_task, spec, job, options,
+                                       name, pure=False, priority=priority)
+                tasks[future] = (name, plan.rows * plan.cols)
+                finals[future] = (plan, [])
+                continue
+            parts, probability_parts, blocks = [], [], []
+            for first, stop in block_plan(plan.rows, rows):
+                name = f"{index}:{first}"
+                part = scratch_path(job.mask)
+                probability_part = scratch_path(job.probabilities) if job.probabilities else None
+                parts.append(part)
+                if probability_part is not None:
+                    probability_parts.append(probability_part)
+                block = client.submit(_guarded, job.source, _part_task, spec, job, options,
+                                      (first, stop), part, probability_part, name, pure=False,
+                                      priority=priority)
+                tasks[block] = (name, (stop - first) * plan.cols)
+                blocks.append(block)
+            merge = client.submit(_guarded, job.source, _merge_task, spec, job, options, parts,
+                                  probability_parts or None, *blocks, pure=False,
+                                  priority=priority)
+            finals[merge] = (plan, parts + probability_parts)
+
+        for future in as_completed(list(tasks) + [f for f in finals if f not in tasks]):
+            plan, scratch = finals.get(future, (None, []))
+            result = _outcome(future, plan.job.source if plan else Path("?"))
+            if future in tasks and not isinstance(result, Failure):
+                tally.finished(*tasks[future])
+            if plan is None:
+                continue
+            if isinstance(result, Failure):
+                remove_all(scratch)  # parts left by a worker that died
+                failed(result)
+            else:
+                report.done.append(plan.job)
+                if on_done is not None:
+                    on_done(plan.job)
+    return report
+
+
+def _outcome(future, source: Path):
+    """A task's result, or a ``Failure`` when it failed or its worker died."""
+    if future.status == "error":
+        return _failure(source, future.exception())
+    return future.result()
+
+
+# Tiling -------------------------------------------------------------------------------
+
+
+def _tile_task(path: Path, out_dir: Path, settings: TileSettings, task: str) -> SourceTiles:
+    from geoseg.tiling import tile_source
+
+    reporter = _TaskReporter(task)
+    result = tile_source(path, out_dir, settings, progress=reporter.add)
+    reporter.flush()
+    return result
+
+
+def tile_runner(
+    client: Client,
+    out_dir: str | Path,
+    settings: TileSettings,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> Callable[[list[Path]], list[SourceTiles]]:
+    """A ``runner`` for ``geoseg.tiling.tile_sources`` that tiles each source as a task.
+
+    Sources are submitted largest first; results come back in source order. The first
+    failure is raised once every task has ended (chips already written are kept and
+    reused by a re-run).
+    """
+    from distributed import as_completed
+
+    def run(paths: list[Path]) -> list[SourceTiles]:
+        import rasterio
+
+        def pixels(path: Path) -> int:
+            with rasterio.open(path) as dataset:
+                return dataset.width * dataset.height
+
+        with _JobProgress(client, progress) as tally:
+            futures = [
+                client.submit(_guarded, path, _tile_task, path, Path(out_dir), settings, str(i),
+                              pure=False, priority=pixels(path))
+                for i, path in enumerate(paths)
+            ]
+            results: dict[int, SourceTiles | Failure] = {}
+            for future in as_completed(futures):
+                index = futures.index(future)
+                results[index] = _outcome(future, paths[index])
+                if not isinstance(results[index], Failure):
+                    tally.finished(str(index), results[index].tiles)
+            for index in range(len(paths)):
+                result = results[index]
+                if isinstance(result, Failure):
+                    if result.user_error:
+                        raise GeosegError(result.reason)
+                    raise RuntimeError(f"{result.source}: tiling failed on a worker: "
+                                       f"{result.reason}\n{result.details}")
+            return [results[index] for index in range(len(paths))]
+
+    return run
+
