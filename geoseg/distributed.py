@@ -142,12 +142,12 @@ def worker_backend(spec: BackendSpec) -> Backend:
             backend = spec.create()
             backend.load(spec.model, spec.device)
             _backends[spec] = backend
-            _loads[spec.name] += 1
+            _loads[spec] += 1
         return backend
 
 
-def backend_loads() -> dict[str, int]:
-    """How many times this process loaded each backend (by name)."""
+def backend_loads() -> dict[BackendSpec, int]:
+    """How many times this process loaded each backend."""
     return dict(_loads)
 
 
@@ -232,10 +232,11 @@ class Failure:
 
 @dataclass
 class ClusterReport:
-    """What a job on the cluster did: finished outputs and failed sources."""
+    """What a job on the cluster did: finished outputs, failed sources, blocks per source."""
 
     done: list[PredictJob] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
+    blocks: dict[Path, int] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -475,6 +476,7 @@ def predict_on_cluster(
                                       priority=priority)
                 tasks[block] = (name, (stop - first) * plan.cols)
                 blocks.append(block)
+            report.blocks[job.source] = len(blocks)
             merge = client.submit(_guarded, job.source, _merge_task, spec, job, options, parts,
                                   probability_parts or None, *blocks, pure=False,
                                   priority=priority)

@@ -159,4 +159,6 @@ def train(
         progress=not quiet,
     )
     saved = backend.train(dataset, settings)
-    click.echo(f"model saved to {saved}")
+    # Every process of a data-parallel run returns here; the model was written once.
+    if first_process:
+        click.echo(f"model saved to {saved}")
