@@ -6,31 +6,14 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.options import Progress, bands_option, quiet_option
-from geoseg.indices import HSV_DEFAULTS, INDICES
-
-
-def hsv_options(f):
-    """--hue, --saturation and --value for the HSV rule."""
-    for name, unit in (("value", "0..1"), ("saturation", "0..1"), ("hue", "degrees")):
-        low, high = HSV_DEFAULTS[name]
-        f = click.option(
-            f"--{name}",
-            default=None,
-            metavar="LOW,HIGH",
-            help=f"--index hsv: {name} range in {unit} (default {low:g},{high:g}).",
-        )(f)
-    return f
-
-
-def hsv_params(index: str, hue: str | None, saturation: str | None, value: str | None) -> dict:
-    """Index parameters from the HSV options; other indices take none."""
-    given = {k: v for k, v in (("hue", hue), ("saturation", saturation), ("value", value)) if v}
-    if given and index.lower() != "hsv":
-        from geoseg.errors import OptionError
-
-        raise OptionError(f"--{next(iter(given))} applies to --index hsv only, not {index}")
-    return given
+from geoseg.cli.options import (
+    Progress,
+    bands_option,
+    hsv_options,
+    hsv_params,
+    index_option,
+    quiet_option,
+)
 
 
 @click.command(short_help="Write a spectral index (NDWI, MNDWI, NDVI, HSV) as a GeoTIFF.")
@@ -43,14 +26,7 @@ def hsv_params(index: str, hue: str | None, saturation: str | None, value: str |
     type=click.Path(path_type=Path),
     help="Output GeoTIFF (float32, NaN nodata, on the source grid).",
 )
-@click.option(
-    "--index",
-    "index",
-    default="ndwi",
-    show_default=True,
-    metavar="|".join(INDICES),
-    help="ndwi (green, nir), mndwi (green, swir1), ndvi (nir, red), hsv (red, green, blue).",
-)
+@index_option("ndwi (green, nir), mndwi (green, swir1), ndvi (nir, red), hsv (red, green, blue).")
 @bands_option
 @hsv_options
 @quiet_option

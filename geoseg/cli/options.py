@@ -36,6 +36,40 @@ def overlap_option(default: str = "64"):
     )
 
 
+def index_option(help: str):
+    """--index, checked by the library so an unknown index is one line, not click's three."""
+    from geoseg.indices import INDICES
+
+    return click.option(
+        "--index", default="ndwi", show_default=True, metavar="|".join(INDICES), help=help
+    )
+
+
+def hsv_options(f):
+    """--hue, --saturation and --value for the HSV rule."""
+    from geoseg.indices import HSV_DEFAULTS
+
+    for name, unit in (("value", "0..1"), ("saturation", "0..1"), ("hue", "degrees")):
+        low, high = HSV_DEFAULTS[name]
+        f = click.option(
+            f"--{name}",
+            default=None,
+            metavar="LOW,HIGH",
+            help=f"--index hsv: {name} range in {unit} (default {low:g},{high:g}).",
+        )(f)
+    return f
+
+
+def hsv_params(index: str, hue: str | None, saturation: str | None, value: str | None) -> dict:
+    """Index parameters from the HSV options; other indices take none."""
+    given = {k: v for k, v in (("hue", hue), ("saturation", saturation), ("value", value)) if v}
+    if given and index.lower() != "hsv":
+        from geoseg.errors import OptionError
+
+        raise OptionError(f"--{next(iter(given))} applies to --index hsv only, not {index}")
+    return given
+
+
 dst_crs_option = click.option(
     "--dst-crs", default=None, metavar="CRS", help="Output CRS, e.g. EPSG:32718."
 )

@@ -7,16 +7,17 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.index import hsv_options, hsv_params
 from geoseg.cli.options import (
     Progress,
     bands_option,
+    hsv_options,
+    hsv_params,
+    index_option,
     overlap_option,
     quiet_option,
     seed_option,
     size_option,
 )
-from geoseg.indices import INDICES
 
 
 @click.command(short_help="Draw SAM prompts (points, boxes) from a water index.")
@@ -29,14 +30,7 @@ from geoseg.indices import INDICES
     type=click.Path(path_type=Path),
     help="Prompts file: .gpkg (layers points, boxes; raster CRS) or .geojson (EPSG:4326).",
 )
-@click.option(
-    "--index",
-    "index",
-    default="ndwi",
-    show_default=True,
-    metavar="|".join(INDICES),
-    help="Index whose high values are water (mndwi for turbid rivers with SWIR).",
-)
+@index_option("Index whose high values are water (mndwi for turbid rivers with SWIR).")
 @click.option(
     "--threshold",
     default="otsu",
