@@ -84,7 +84,12 @@ def cluster_client(
             Client(cluster) as client,
         ):
             if announce is not None:
-                announce(f"dask cluster of {workers} workers; dashboard: {client.dashboard_link}")
+                import importlib.util
+
+                dashboard = client.dashboard_link
+                if importlib.util.find_spec("bokeh") is None:  # dask serves no dashboard then
+                    dashboard = "none (pip install bokeh for one)"
+                announce(f"dask cluster of {workers} workers; dashboard: {dashboard}")
             yield client
         return
     scheduler = str(scheduler)
