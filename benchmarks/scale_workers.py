@@ -5,9 +5,8 @@ where green exceeds nir) predicted by the spectral backend (Otsu threshold per r
 then NDWI per chip; reading, blending and COG writing are most of the work, as in real
 spectral runs). Each cluster first predicts one small raster so that worker start-up
 and imports are not timed. Prints wall times, the speed-up, the cores the workers kept
-busy, the peak resident memory (VmHWM) of every worker process, the load average, and
-the speed-up of pure compute on the same number of processes at that moment: on a shared
-machine other work caps what any job can gain.
+busy, the peak resident memory (VmHWM) of every worker process and the load average: on
+a shared machine other work caps what any job can gain.
 
     python benchmarks/scale_workers.py [--rasters 10] [--size 2000] [--workers 2]
 """
@@ -69,31 +68,6 @@ def warm_worker(spec, warmup: Path, out: Path) -> bool:
     return True
 
 
-def pure_compute(_: object = None) -> float:
-    """Seconds for a fixed amount of numpy and Python work (no I/O)."""
-    start = time.perf_counter()
-    plane = np.random.default_rng(0).random((512, 512), dtype=np.float32)
-    for _ in range(200):
-        plane = np.sqrt(plane * plane + 1.0) - 0.5
-    total = 0
-    for i in range(2_000_000):
-        total += i
-    return time.perf_counter() - start
-
-
-def machine_ceiling(workers: int) -> float:
-    """Speed-up of pure compute on ``workers`` processes right now (1.0 per idle core)."""
-    import multiprocessing
-
-    one = pure_compute()
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        pool.map(pure_compute, [None] * workers)  # start-up not timed
-        start = time.perf_counter()
-        pool.map(pure_compute, [None] * workers)
-        many = time.perf_counter() - start
-    return workers * one / many
-
-
 def cpu_seconds() -> float:
     """CPU time (user + system, all threads) this process has used."""
     times = os.times()
@@ -153,9 +127,6 @@ def main() -> None:
                       f"{cpu / wall:4.2f} cores busy, peak memory per worker (MiB): "
                       f"{', '.join(f'{m:.0f}' for m in memory)}")
             print(f"  speed-up: {one / many:.2f}x (target >= 1.6x with 2 workers)")
-        print(f"\nceiling now: pure compute on {args.workers} processes runs "
-              f"{machine_ceiling(args.workers):.2f}x as fast as on one (other work on the "
-              f"machine lowers it)")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
