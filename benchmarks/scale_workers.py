@@ -2,9 +2,10 @@
 
 The same job, in the same run: N generated 4-band uint16 rasters (NAIP-like, lakes
 where green exceeds nir) predicted by the spectral backend (Otsu threshold per raster,
-then NDWI per chip; reading, blending and COG writing are most of the work, as in real
-spectral runs). Each cluster first predicts one small raster so that worker start-up
-and imports are not timed. Prints wall times, the speed-up, the cores the workers kept
+then NDWI per chip), once as a plain threshold (reading, blending and COG writing are
+most of the work) and once with per-chip morphological cleanup (the backend's compute
+dominates). Every worker first loads the model and predicts one small raster, so that
+start-up and imports are not timed. Prints wall times, the speed-up, the cores the workers kept
 busy, the peak resident memory (VmHWM) of every worker process and the load average: on
 a shared machine other work caps what any job can gain.
 
