@@ -65,12 +65,16 @@ def remove(path: Path) -> None:
             path.unlink()
 
 
-def clean_partials(folder: str | Path) -> int:
-    """Delete temporary files left in ``folder`` by an interrupted run; return how many."""
+def clean_partials(folder: str | Path, stem: str | None = None) -> int:
+    """Delete temporary files an interrupted run left in ``folder``; return how many.
+
+    With ``stem``, only those of the output named ``stem`` (other runs may be writing
+    their own outputs in the same folder).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return 0
-    stale = list(folder.glob(f".*{PART_MARK}*"))
+    stale = list(folder.glob(f".{stem or '*'}{PART_MARK}*"))
     for path in stale:
         remove(path)
     return len(stale)

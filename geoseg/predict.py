@@ -32,7 +32,7 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform
 
-from geoseg.atomic import atomic_output, ensure_folder
+from geoseg.atomic import atomic_output, clean_partials, ensure_folder
 from geoseg.backend import Backend, ChipBatch, Prompts
 from geoseg.classes import IGNORE_INDEX, ClassMap
 from geoseg.errors import BackendError, InputFileError, OptionError, OutputError
@@ -545,6 +545,11 @@ class PredictJob:
 
     def complete(self) -> bool:
         return self.mask_complete() and (self.vector is None or self.vector.is_file())
+
+    def clean_partials(self) -> int:
+        """Delete temporary files an interrupted run of this job left; return how many."""
+        outputs = [self.mask] + [p for p in (self.vector, self.probabilities) if p is not None]
+        return sum(clean_partials(path.parent, path.stem) for path in outputs)
 
 
 def expand_sources(paths: Sequence[str | Path]) -> list[Path]:

@@ -119,3 +119,16 @@ def test_spectral_backend_on_naip_finds_the_lakes(tmp_path, invoke):
     containing = polygons[polygons.contains(shapely.Point(lake))]
     assert len(containing) == 1 and containing.area_m2.iloc[0] > 500_000
     assert polygons.area_m2.min() >= 200
+
+
+def test_rerun_after_interruption_removes_its_temporary_files(make_raster, fake_backend, invoke, tmp_path):
+    src = make_raster("scene.tif", bands=1, width=64, dtype="uint16")
+    out = tmp_path / "masks"
+    out.mkdir()
+    stale = [out / ".scene.part-1a2b3c4d.tif", out / ".scene.part-1a2b3c4d.tif.aux.xml"]
+    other = out / ".other.part-5e6f7a8b.tif"  # another run's output: left alone
+    for path in [*stale, other]:
+        path.write_bytes(b"partial")
+    invoke("predict", src, "-o", out, "--backend", "fake", "-q")
+    assert (out / "scene.tif").is_file()
+    assert not any(path.exists() for path in stale) and other.exists()

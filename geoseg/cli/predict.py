@@ -118,6 +118,8 @@ def predict(sources, output, backend_name, model, size, overlap, batch_size, dev
     vector_arg = True if vector == "" else vector
     jobs = plan_outputs(source_paths, output, vector=vector_arg, probabilities=probabilities,
                         single_file=single_file)
+    for job in jobs:
+        job.clean_partials()  # an interrupted run's temporary files; the re-run resumes
     if workers is not None or scheduler is not None:
         _predict_on_cluster(jobs, workers, scheduler, backend_name, options, config_file, model,
                             device, bands, size, overlap, batch_size, prompts, dst_crs,
