@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 from tqdm import tqdm
 
@@ -68,6 +70,48 @@ def hsv_params(index: str, hue: str | None, saturation: str | None, value: str |
 
         raise OptionError(f"--{next(iter(given))} applies to --index hsv only, not {index}")
     return given
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    name = value.lower()
+    # cuda:N picks one GPU; accelerate sets the device per process itself.
+    if name in DEVICES or (name.startswith("cuda:") and name[5:].isdigit()):
+        return name
+    raise click.BadParameter(f"{value!r}; use auto, cpu, cuda, cuda:N or mps")
+
+
+def backend_option(help: str):
+    return click.option("--backend", "backend_name", required=True, metavar="NAME", help=help)
+
+
+def model_option(help: str):
+    return click.option("--model", default=None, metavar="PATH|HUB_ID", help=help)
+
+
+device_option = click.option(
+    "--device", default="auto", show_default=True, callback=_device, metavar="auto|cpu|cuda|mps"
+)
+
+
+def backend_settings_options(f):
+    """--option KEY=VALUE (repeatable) and --config FILE, checked against the backend."""
+    f = click.option(
+        "--config",
+        "config_file",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="YAML/JSON file of backend options (--option overrides it).",
+    )(f)
+    return click.option(
+        "--option",
+        "options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Backend option (repeatable; see geoseg backends NAME).",
+    )(f)
 
 
 dst_crs_option = click.option(

@@ -10,24 +10,18 @@ import click
 
 from geoseg.cli.options import (
     Progress,
+    backend_option,
+    backend_settings_options,
     bands_option,
     cluster_options,
+    device_option,
     dst_crs_option,
+    model_option,
     overwrite_option,
     quiet_option,
 )
 
 log = logging.getLogger(__name__)
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    name = value.lower()
-    if name in DEVICES or (name.startswith("cuda:") and name[5:].isdigit()):
-        return name
-    raise click.BadParameter(f"{value!r}; use auto, cpu, cuda, cuda:N or mps")
-
 
 class ChipProgress(Progress):
     """Adapts the engine's ``progress(done, total)`` callback to a progress bar."""
@@ -42,10 +36,8 @@ class ChipProgress(Progress):
 @click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Mask file (.tif) for one source, else a folder of <stem>.tif masks.")
-@click.option("--backend", "backend_name", required=True, metavar="NAME",
-              help="Backend that predicts (see geoseg backends).")
-@click.option("--model", default=None, metavar="PATH|HUB_ID",
-              help="Model weights: a local folder or hub id (default: the backend's).")
+@backend_option("Backend that predicts (see geoseg backends).")
+@model_option("Model weights: a local folder or hub id (default: the backend's).")
 @click.option("--size", default=None, metavar="PX|METRES",
               help="Chip size in pixels, or in metres with an m suffix (e.g. 2560m). "
               "Default: the backend's chip size.")
@@ -54,8 +46,7 @@ class ChipProgress(Progress):
               "Default: 64 px, at most a quarter of the chip size.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Chips per backend call.")
-@click.option("--device", default="auto", show_default=True, callback=_device,
-              metavar="auto|cpu|cuda|mps")
+@device_option
 @click.option("--prompts", default=None, metavar="auto|PROMPTS.gpkg",
               help="Prompts for promptable backends: 'auto' (from a water index, the default "
               "for them) or a prompts file.")
@@ -69,10 +60,7 @@ class ChipProgress(Progress):
 @dst_crs_option
 @click.option("--probabilities", is_flag=True,
               help="Also write <stem>_probabilities.tif (float32, one band per class).")
-@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
-              help="Backend option (repeatable; see geoseg backends NAME).")
-@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
-              help="YAML/JSON file of backend options (--option overrides it).")
+@backend_settings_options
 @bands_option
 @cluster_options
 @overwrite_option

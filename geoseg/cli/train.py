@@ -7,28 +7,19 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.options import quiet_option, seed_option
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    name = value.lower()
-    # cuda:N picks one GPU; accelerate sets the device per process itself.
-    if name in DEVICES or (name.startswith("cuda:") and name[5:].isdigit()):
-        return name
-    raise click.BadParameter(f"{value!r}; use auto, cpu, cuda, cuda:N or mps")
+from geoseg.cli.options import (
+    backend_option,
+    backend_settings_options,
+    device_option,
+    model_option,
+    quiet_option,
+    seed_option,
+)
 
 
 @click.command()
 @click.argument("chips_dir", type=click.Path(path_type=Path))
-@click.option(
-    "--backend",
-    "backend_name",
-    required=True,
-    metavar="NAME",
-    help="Backend to train (see geoseg backends).",
-)
+@backend_option("Backend to train (see geoseg backends).")
 @click.option(
     "-o",
     "--output",
@@ -37,12 +28,7 @@ def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
     type=click.Path(path_type=Path),
     help="Folder for the trained model.",
 )
-@click.option(
-    "--model",
-    default=None,
-    metavar="PATH|HUB_ID",
-    help="Base checkpoint to start from (default: the backend's).",
-)
+@model_option("Base checkpoint to start from (default: the backend's).")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option(
@@ -51,28 +37,13 @@ def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
     default=None,
     help="Learning rate (default: the backend's).",
 )
-@click.option(
-    "--device", default="auto", show_default=True, callback=_device, metavar="auto|cpu|cuda|mps"
-)
+@device_option
 @click.option("--resume", is_flag=True, help="Continue the training saved in the output folder.")
 @click.option(
     "--overwrite", is_flag=True, help="Train afresh into an output folder that is not empty."
 )
 @seed_option
-@click.option(
-    "--option",
-    "options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Backend option (repeatable; see geoseg backends NAME).",
-)
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="YAML/JSON file of backend options (--option overrides it).",
-)
+@backend_settings_options
 @quiet_option
 def train(
     chips_dir: Path,
@@ -95,6 +66,7 @@ def train(
     The backend receives the images, labels, train/val splits, classes and band names, and
     saves its model in the output folder. Multi-GPU: accelerate launch -m geoseg train ...
 
+    \b
     Example:
       geoseg train chips --backend segformer -o models/lakes --epochs 20
     """
