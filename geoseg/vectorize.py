@@ -53,8 +53,10 @@ def vectorize_mask(
     Attributes: ``class_id``, ``class_name``, ``area_m2``, ``perimeter_m`` (metres even
     for a geographic CRS, measured on a UTM copy). ``min_area`` (m2) drops smaller
     polygons; ``simplify`` (metres) simplifies boundaries keeping neighbouring polygons
-    gap-free. The ignore value 255 is never vectorized, class 0 only with
-    ``include_background``. ``classes`` defaults to the classes in the mask's tags.
+    gap-free. The ignore value 255 is never vectorized; class 0 is skipped when it is the
+    background (named ``background``, or unnamed) unless ``include_background``, so a
+    land-cover class 0 such as ``other`` keeps its polygons. ``classes`` defaults to the
+    classes in the mask's tags.
     Polygons are in the mask's CRS.
     """
     if min_area < 0:
@@ -68,7 +70,8 @@ def vectorize_mask(
         classes = classes or read_class_metadata(dataset)
         transform, crs = dataset.transform, dataset.crs
         pixel_m = _pixel_size_m(dataset)
-        ids, pixel_geoms = _polygonize(dataset, include_background, window, progress)
+        skip_zero = not include_background and _zero_is_background(classes)
+        ids, pixel_geoms = _polygonize(dataset, not skip_zero, window, progress)
     if classes is None:
         classes = ClassMap.from_ids(set(ids.tolist()) | {0})
     else:
@@ -102,6 +105,12 @@ def vectorize_mask(
         write_vector_style(tmp, LAYER, classes)
     log.info("%s: %d polygons", out_gpkg, len(frame))
     return out_gpkg
+
+
+def _zero_is_background(classes: ClassMap | None) -> bool:
+    if classes is None or 0 not in classes.ids:
+        return True
+    return classes.by_id(0).name.lower() in {"background", "nodata", "none", "unlabeled"}
 
 
 def _check_mask(dataset) -> None:

@@ -126,3 +126,18 @@ def test_polygons_carry_a_default_qgis_style(tmp_path):
     style = ET.fromstring(qml.split("\n", 1)[1])
     labels = [c.get("label") for c in style.iter("category")]
     assert labels == ["background", "lake", "reeds"]
+
+
+def test_class_zero_keeps_its_polygons_when_it_is_a_land_cover_class(tmp_path):
+    mask = np.zeros((1, 20, 20), np.uint8)
+    mask[0, 5:10, 5:10] = 1
+    path = tmp_path / "landcover.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=20, height=20, count=1, dtype="uint8",
+                       crs="EPSG:32614", transform=Affine(10, 0, 500000, 0, -10, 5200000),
+                       nodata=255) as dst:
+        dst.write(mask)
+    out = vectorize_mask(path, tmp_path / "lc.gpkg", classes=ClassMap.from_names(["other", "water"]))
+    frame = gpd.read_file(out, layer="classes")
+    assert sorted(frame["class_name"]) == ["other", "water"]
+    out = vectorize_mask(path, tmp_path / "bg.gpkg", classes=ClassMap.from_names(["background", "water"]))
+    assert list(gpd.read_file(out, layer="classes")["class_name"]) == ["water"]

@@ -19,7 +19,7 @@ from geoseg.cli.predict import ChipProgress
 @click.option("--simplify", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Simplification tolerance in metres (neighbouring polygons stay gap-free).")
 @click.option("--include-background", is_flag=True,
-              help="Also vectorize class 0 (background).")
+              help="Also vectorize class 0 when it is the background class.")
 @click.option("--classes", type=click.Path(path_type=Path), default=None,
               help="Classes JSON naming the ids (default: the names in the mask's tags).")
 @overwrite_option
