@@ -168,7 +168,13 @@ class _TaskReporter:
         self.task = task
         self.worker = get_worker()
         self.pending = 0
+        self.done = 0
         self.sent_at = time.monotonic()
+
+    def engine_progress(self, done: int, total: int) -> None:
+        """The predict engine's ``progress(done, total)`` callback."""
+        self.add(done - self.done)
+        self.done = done
 
     def add(self, units: int) -> None:
         self.pending += units
@@ -316,22 +322,16 @@ def _predict_task(spec: BackendSpec, job: PredictJob, options: PredictOptions, t
 
     backend = worker_backend(spec)
     reporter = _TaskReporter(task)
-    chips = 0
-
-    def progress(done: int, total: int) -> None:
-        nonlocal chips
-        reporter.add(done - chips)
-        chips = done
-
     if options.overwrite or not job.mask_complete():
         predict_raster(
             backend, job.source, job.mask, bands=options.bands, size=options.size,
             overlap=options.overlap, batch_size=options.batch_size, prompts=options.prompts,
-            dst_crs=options.dst_crs, probabilities_path=job.probabilities, progress=progress,
+            dst_crs=options.dst_crs, probabilities_path=job.probabilities,
+            progress=reporter.engine_progress,
         )
     reporter.flush()
     _vectorize(job, options)
-    return chips
+    return reporter.done
 
 
 def _part_task(
@@ -347,20 +347,14 @@ def _part_task(
     from geoseg.predict import predict_part
 
     reporter = _TaskReporter(task)
-    chips = 0
-
-    def progress(done: int, total: int) -> None:
-        nonlocal chips
-        reporter.add(done - chips)
-        chips = done
-
     predict_part(
         worker_backend(spec), job.source, part, chip_rows, bands=options.bands,
         size=options.size, overlap=options.overlap, batch_size=options.batch_size,
-        prompts=options.prompts, probabilities_part=probability_part, progress=progress,
+        prompts=options.prompts, probabilities_part=probability_part,
+        progress=reporter.engine_progress,
     )
     reporter.flush()
-    return chips
+    return reporter.done
 
 
 def _merge_task(
