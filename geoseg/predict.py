@@ -114,10 +114,7 @@ def predict_raster(
                     backend, source, grid, classes, names, batch_size, prompt_source,
                     mask_tmp, prob_tmp, progress,
                 )
-                _finalise(mask_tmp, out_path, target_crs, resampling="nearest")
-                if prob_tmp is not None:
-                    _finalise(prob_tmp, Path(probabilities_path), target_crs,
-                              resampling="average", compress="DEFLATE", predictor=True)
+                _finalise_outputs(mask_tmp, out_path, prob_tmp, probabilities_path, target_crs)
             finally:
                 remove_all(scratch)
     write_raster_qml(out_path, classes)
@@ -218,11 +215,9 @@ def merge_parts(
     scratch = [p for p in (mask_tmp, prob_tmp) if p is not None]
     try:
         _join(parts, mask_tmp)
-        _finalise(mask_tmp, out_path, target_crs, resampling="nearest")
         if prob_tmp is not None:
             _join(probability_parts, prob_tmp)
-            _finalise(prob_tmp, Path(probabilities_path), target_crs,
-                      resampling="average", compress="DEFLATE", predictor=True)
+        _finalise_outputs(mask_tmp, out_path, prob_tmp, probabilities_path, target_crs)
     finally:
         remove_all(scratch)
     write_raster_qml(out_path, classes)
@@ -477,6 +472,15 @@ def _run_backend(
             f"{(n, channels, height, width)} (N, classes, H, W)"
         )
     return result.astype(np.float32, copy=False)
+
+
+def _finalise_outputs(mask_tmp: Path, out_path: Path, prob_tmp: Path | None,
+                      probabilities_path, target_crs) -> None:
+    """Turn the streamed mask (and probabilities) into COGs under their final names."""
+    _finalise(mask_tmp, out_path, target_crs, resampling="nearest")
+    if prob_tmp is not None:
+        _finalise(prob_tmp, Path(probabilities_path), target_crs,
+                  resampling="average", compress="DEFLATE", predictor=True)
 
 
 def _finalise(tmp: Path, final: Path, dst_crs, *, resampling: str, **cog_options) -> None:

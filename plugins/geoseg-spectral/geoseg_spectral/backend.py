@@ -205,7 +205,7 @@ class SpectralBackend(Backend):
     def predict(self, batch: ChipBatch) -> np.ndarray:
         """Probabilities (N, 2, H, W) float32 of [background, class]; invalid pixels background."""
         from geoseg.indices import compute_index
-        from geoseg.masks import clean_mask
+        from geoseg.masks import clean_mask, threshold_mask
 
         options = self.options
         source = str(batch.source) if batch.source is not None else "the raster"
@@ -219,8 +219,8 @@ class SpectralBackend(Backend):
             values = compute_index(
                 batch.images[i], batch.band_names, options.index, valid, **params
             )
+            above = threshold_mask(values, threshold, valid)
             with np.errstate(invalid="ignore", over="ignore"):
-                above = values > threshold  # NaN (invalid, 0/0) compares False
                 if options.softness > 0:
                     target = 1.0 / (1.0 + np.exp(-(values - threshold) / options.softness))
                     target = np.where(np.isfinite(values), target, 0.0)
