@@ -126,9 +126,13 @@ def reproject_vector(src: str | Path, dst: str | Path, dst_crs: str | CRS, *, ov
     _check_output(dst, overwrite)
     crs = parse_crs(dst_crs)
     try:
-        layers = [name for name, _ in pyogrio.list_layers(src)]
+        listed = pyogrio.list_layers(src)
     except Exception as exc:  # pyogrio's DataSourceError family
         raise InputFileError(f"{src}: not a vector file geoseg can read ({exc})") from None
+    layers = [name for name, geometry_type in listed if geometry_type is not None]
+    # Tables without geometry (a GeoPackage's QGIS layer_styles, say) carry over unchanged
+    # where the format can hold them.
+    tables = [name for name, geometry_type in listed if geometry_type is None]
     if driver != "GPKG" and len(layers) > 1:
         raise OutputError(
             f"{src} has {len(layers)} layers but {dst.suffix} holds one; write a .gpkg instead"
@@ -141,6 +145,8 @@ def reproject_vector(src: str | Path, dst: str | Path, dst_crs: str | CRS, *, ov
                 f"{src}: layer {layer!r} has no CRS; assign one (ogr2ogr -a_srs EPSG:XXXX) first"
             )
         frames.append((layer, frame.to_crs(crs)))
+    if driver == "GPKG":
+        frames += [(table, pyogrio.read_dataframe(src, layer=table)) for table in tables]
     if driver == "ESRI Shapefile":
         # A shapefile is several files: write them in a scratch folder, then move each.
         ensure_folder(dst.parent)
@@ -152,7 +158,7 @@ def reproject_vector(src: str | Path, dst: str | Path, dst_crs: str | CRS, *, ov
         return dst
     with atomic_output(dst) as tmp:
         for layer, frame in frames:
-            frame.to_file(tmp, layer=layer, driver=driver, engine="pyogrio")
+            pyogrio.write_dataframe(frame, tmp, layer=layer, driver=driver)
     return dst
 
 

@@ -85,3 +85,23 @@ def test_landsat_to_utm(invoke, tmp_path):
         a = src.read(4, window=((src.height // 2, src.height // 2 + 1), (src.width // 2, src.width // 2 + 1)))
         b = out.read(4, window=((row, row + 1), (col, col + 1)))
         assert abs(int(a[0, 0]) - int(b[0, 0])) < 40
+
+
+def test_geoseg_polygons_with_their_style_table(make_raster, fake_backend, invoke, tmp_path):
+    """A GeoPackage from predict --vector holds a non-spatial layer_styles table too."""
+    import pyogrio
+
+    src = make_raster("scene.tif", bands=1, width=64, dtype="uint16")
+    polygons = tmp_path / "water.gpkg"
+    invoke("predict", src, "-o", tmp_path / "water.tif", "--backend", "fake", "--vector", polygons, "-q")
+    dst = tmp_path / "water_4326.gpkg"
+    invoke("reproject", polygons, "-o", dst, "--dst-crs", "EPSG:4326", "-q")
+    layers = dict(pyogrio.list_layers(dst))
+    assert layers == {"classes": "Polygon", "layer_styles": None}
+    before = gpd.read_file(polygons, layer="classes")
+    after = gpd.read_file(dst, layer="classes")
+    assert after.crs.to_epsg() == 4326 and list(after["class_name"]) == list(before["class_name"])
+    assert after.to_crs(before.crs).area.sum() == pytest.approx(before.area.sum(), rel=1e-6)
+    single = tmp_path / "water.geojson"  # one spatial layer: fits GeoJSON, the style stays behind
+    invoke("reproject", polygons, "-o", single, "--dst-crs", "EPSG:4326", "-q")
+    assert len(gpd.read_file(single)) == len(before)
