@@ -154,6 +154,9 @@ def _class_values(
 ) -> tuple[ClassMap, np.ndarray]:
     """The classes of a vector label file and one uint8 class id per feature."""
     columns = [c for c in frame.columns if c != frame.geometry.name]
+    if field is None and classes is None and {"class_id", "class_name"} <= set(columns):
+        # Polygons written by geoseg (predict --vector, vectorize) name their ids.
+        classes = _classes_from_pairs(path, frame["class_id"], frame["class_name"])
     if field is None:
         field = next((c for c in DEFAULT_FIELDS if c in columns), None)
     if field is None:
@@ -187,6 +190,19 @@ def _class_values(
         classes = ClassMap.from_names(["background", *found])
     lookup = {name: classes.id_of(name, source=f"{path} field {field!r}") for name in set(names)}
     return classes, names.map(lookup).to_numpy(dtype=np.uint8)
+
+
+def _classes_from_pairs(path: Path, ids, names) -> ClassMap:
+    """Classes from a class_id / class_name pair of fields, plus background 0."""
+    pairs = {}
+    for class_id, name in zip(ids.tolist(), names.astype(str).tolist(), strict=True):
+        if pairs.setdefault(int(class_id), name) != name:
+            raise LabelsError(
+                f"{path}: class_id {class_id} is named both {pairs[int(class_id)]!r} and "
+                f"{name!r}; pass --label-field and --classes"
+            )
+    pairs.setdefault(0, "background")
+    return ClassMap.from_json({str(i): n for i, n in sorted(pairs.items())}, source=str(path))
 
 
 def _grid_bounds(grid) -> tuple[float, float, float, float]:

@@ -201,3 +201,18 @@ def test_real_samples(invoke, tmp_path):
     info = json.loads((out / "dataset.json").read_text())
     assert info["crs"] == "EPSG:32718" and info["bands"] == ["swir1", "nir", "red", "green"]
     assert info["counts"]["chips"] > 0
+
+
+def test_polygons_written_by_geoseg_keep_their_class_names(make_raster, invoke, tmp_path):
+    src = make_raster(bands=3, width=64, dtype="uint8")
+    labels = tmp_path / "landcover.gpkg"
+    gpd.GeoDataFrame(
+        {"class_id": [2, 5], "class_name": ["crops", "water"]},
+        geometry=[pixel_box(0, 0, 10, 10), pixel_box(20, 20, 30, 30)], crs="EPSG:32614",
+    ).to_file(labels, layer="classes")
+    out = tmp_path / "chips"
+    invoke("tile", src, "-o", out, "--size", 64, "--overlap", 0, "--labels", labels, "-q")
+    info = json.loads((out / "dataset.json").read_text())
+    assert [(c["id"], c["name"]) for c in info["classes"]] == [(0, "background"), (2, "crops"), (5, "water")]
+    ids = rasterio.open(out / "labels" / "raster_r000_c000.tif").read(1)
+    assert ids[5, 5] == 2 and ids[25, 25] == 5 and ids[40, 40] == 0
