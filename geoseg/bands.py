@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from geoseg.errors import BandError
 
 #: Presets, in file order. Landsat and Sentinel-2 presets name the bands of the sensor's
-#: standard band order; a file holding fewer bands keeps the names of the bands it has.
+#: standard band order. A file needs at least ``PRESET_MIN_BANDS`` bands (default: all of
+#: them) for the preset to apply; Landsat files often hold only the reflective bands 1-7.
 BAND_PRESETS: dict[str, tuple[str, ...]] = {
     "naip": ("red", "green", "blue", "nir"),
     "rgb": ("red", "green", "blue"),
@@ -50,6 +51,7 @@ BAND_PRESETS: dict[str, tuple[str, ...]] = {
     ),
 }
 BAND_PRESETS["landsat9"] = BAND_PRESETS["landsat8"]
+PRESET_MIN_BANDS: dict[str, int] = {"landsat8": 7, "landsat9": 7}
 
 #: Every name a preset uses: band descriptions made of these are trusted as a mapping.
 KNOWN_BAND_NAMES = frozenset(name for names in BAND_PRESETS.values() for name in names) | {
@@ -112,6 +114,14 @@ def parse_band_spec(spec: str, count: int, *, source: str = "the raster") -> Ban
     spec = spec.strip()
     if spec.lower() in BAND_PRESETS:
         preset = BAND_PRESETS[spec.lower()]
+        needed = PRESET_MIN_BANDS.get(spec.lower(), len(preset))
+        if count < needed:
+            # Naming the first bands only would silently give, say, band 1 the name red.
+            raise BandError(
+                f"--bands {spec.lower()} names {needed} bands ({', '.join(preset[:needed])}) "
+                f"but {source} has {count}; name the bands it holds instead, e.g. "
+                f"--bands {','.join(f'{n}={i}' for i, n in enumerate(preset[:count], 1))}"
+            )
         names = list(preset[:count]) + [f"band{i}" for i in range(len(preset) + 1, count + 1)]
         return BandMap(tuple(names))
     if "=" not in spec:

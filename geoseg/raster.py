@@ -8,7 +8,9 @@ windowed, so memory is bounded by the window, never by the raster. With ``dst_cr
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +76,62 @@ def check_readable(path: str | Path, *, what: str = "raster") -> Path:
     return path
 
 
+def open_dataset(path: str | Path, *, what: str = "raster"):
+    """``rasterio.open(path)``, or an ``InputFileError`` naming the file when it is not a
+    raster GDAL reads or is cut short; close it (or use it as a context manager)."""
+    path = check_readable(path, what=what)
+    try:
+        dataset = rasterio.open(path)
+    except RasterioIOError as exc:
+        raise InputFileError(
+            f"{path}: not a {what} geoseg can read ({_gdal_reason(exc)}); "
+            f"give a GeoTIFF or another GDAL raster"
+        ) from None
+    try:
+        check_complete(dataset, path)
+    except BaseException:
+        dataset.close()
+        raise
+    return dataset
+
+
+def check_complete(dataset, path: str | Path) -> None:
+    """Raise ``InputFileError`` when a GeoTIFF's last blocks lie past the end of the file.
+
+    A download or copy cut short keeps its header, so it opens and fails only when the
+    missing blocks are read, possibly hours into a run. The block offsets in the header
+    tell at once (one look per band, whatever the size of the raster).
+    """
+    if dataset.driver != "GTiff" or not dataset.count:
+        return
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return
+    block_rows, block_cols = dataset.block_shapes[0]
+    last = f"{-(-dataset.width // block_cols) - 1}_{-(-dataset.height // block_rows) - 1}"
+    for band in {1, dataset.count}:
+        offset = dataset.get_tag_item(f"BLOCK_OFFSET_{last}", "TIFF", bidx=band)
+        length = dataset.get_tag_item(f"BLOCK_SIZE_{last}", "TIFF", bidx=band)
+        if offset and length and int(offset) + int(length) > size:
+            raise InputFileError(
+                f"{path}: the file is truncated ({size} bytes, its blocks reach to byte "
+                f"{int(offset) + int(length)}); download or copy it again"
+            )
+
+
+@contextlib.contextmanager
+def read_errors(path: str | Path) -> Iterator[None]:
+    """Turn a GDAL read failure (a damaged or truncated file) into ``InputFileError``."""
+    try:
+        yield
+    except RasterioIOError as exc:
+        raise InputFileError(
+            f"{path}: cannot read pixels ({_gdal_reason(exc)}); the file is damaged or "
+            f"truncated: download or export it again"
+        ) from None
+
+
 @dataclass(frozen=True)
 class Chip:
     """Pixels of one tile: ``data`` (bands, rows, cols) and ``valid`` (rows, cols) bool."""
@@ -106,13 +164,7 @@ class RasterSource:
         require_crs: bool = True,
     ) -> None:
         self.path = check_readable(path)
-        try:
-            self._file = rasterio.open(self.path)
-        except RasterioIOError as exc:
-            raise InputFileError(
-                f"{self.path}: not a raster geoseg can read ({_gdal_reason(exc)}); "
-                f"give a GeoTIFF or another GDAL raster"
-            ) from None
+        self._file = open_dataset(self.path)
         try:
             if require_crs and self._file.crs is None:
                 raise MissingCRSError(
@@ -143,7 +195,11 @@ class RasterSource:
         if resolution is not None and resolution <= 0:
             raise OptionError(f"--resolution must be positive, got {resolution}")
         transform, width, height = calculate_default_transform(
-            src.crs, crs, src.width, src.height, *src.bounds,
+            src.crs,
+            crs,
+            src.width,
+            src.height,
+            *src.bounds,
             resolution=resolution,
         )
         options = dict(
@@ -255,9 +311,10 @@ class RasterSource:
         if found is None:
             return data, valid
         inner, (rows, cols) = found
-        block = self.dataset.read(indexes, window=inner)
-        data[:, rows, cols] = block
-        valid[rows, cols] = self._valid(block, inner)
+        with read_errors(self.path):
+            block = self.dataset.read(indexes, window=inner)
+            data[:, rows, cols] = block
+            valid[rows, cols] = self._valid(block, inner)
         return data, valid
 
     def read_valid(self, window: Window) -> np.ndarray:
@@ -307,5 +364,12 @@ def open_raster(path: str | Path, bands=None, **kwargs) -> RasterSource:
 
 
 def _gdal_reason(exc: Exception) -> str:
+    if "previous exception" in str(exc) and exc.__cause__ is not None:
+        exc = exc.__cause__  # rasterio's read errors keep GDAL's own message there
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    _, band, rest = text.partition(", band ")  # "<file>, band 1: IReadBlock failed ..."
+    if band:
+        return "band " + rest
+    if text.startswith("'") and "' " in text:  # "'<file>' not recognized as ..."
+        return text.split("' ", 1)[1]
     return text.split(": ", 1)[-1] if text.startswith(("/", ".")) else text

@@ -8,6 +8,7 @@ skips it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections import Counter
@@ -29,12 +30,14 @@ from geoseg.dataset import (
     TILES_FILE,
     TILES_LAYER,
 )
-from geoseg.errors import BandError, OptionError
+from geoseg.errors import BandError, InputFileError, OptionError
 from geoseg.labels import open_labels
 from geoseg.raster import Chip, RasterSource, open_raster
 from geoseg.windows import Tile, TileGrid, tile_grid
 
 SPLITS = ("random", "blocks")
+#: Largest chip (pixels, valid mask and labels) tiling agrees to hold in memory.
+MAX_CHIP_BYTES = 4 << 30
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,8 @@ def tile_sources(
     )
 
     opened: list[tuple[RasterSource, TileGrid, object]] = []
+    # Folders this call creates, removed again if it fails before filling them.
+    created = [d for d in (out_dir, out_dir / IMAGES_DIR, out_dir / LABELS_DIR) if not d.exists()]
     try:
         for path in sources:
             source = open_raster(
@@ -157,6 +162,7 @@ def tile_sources(
             )
             opened.append((source, None, None))
             grid = tile_grid(source, settings.size, settings.overlap)
+            _check_chip_memory(grid.size, source)
             labels = None
             if settings.labels is not None:
                 labels = open_labels(
@@ -201,10 +207,17 @@ def tile_sources(
             summary.reused += result.reused
             summary.below_min_valid += result.below_min_valid
             summary.class_pixels.update(result.class_pixels)
+        if not summary.chips:
+            _no_valid_chips([s for s, _, _ in opened], settings)
         _assign_splits(summary.chips, settings)
         _write_tiles(summary, out_dir)
         _write_dataset_json(summary, out_dir, opened, settings, label_classes)
         return summary
+    except BaseException:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):  # not empty: chips a re-run resumes from
+                folder.rmdir()
+        raise
     finally:
         for source, _, labels in opened:
             if labels is not None:
@@ -263,6 +276,31 @@ def _tile_opened(
         if progress:
             progress(1)
     return result
+
+
+def _check_chip_memory(size: int, source: RasterSource) -> None:
+    """Refuse a chip size whose pixels, valid mask and labels would not fit in memory."""
+    need = size * size * (source.count * source.dtype.itemsize + 2)
+    if need > MAX_CHIP_BYTES:
+        raise OptionError(
+            f"--size {size} px: one chip of {source.path.name} would take "
+            f"{need / 2**30:.0f} GiB of memory; use a smaller --size (e.g. 512)"
+        )
+
+
+def _no_valid_chips(sources: list[RasterSource], settings: TileSettings) -> None:
+    names = ", ".join(str(s.path) for s in sources)
+    if settings.min_valid > 0:
+        raise InputFileError(
+            f"{names}: no chip has at least {settings.min_valid:g} valid pixels "
+            f"(--min-valid); lower --min-valid or check the nodata value"
+        )
+    nodata = sources[0].nodata
+    raise InputFileError(
+        f"{names}: no chip had valid pixels (every pixel is nodata"
+        + (f" {nodata:g}" if nodata is not None else "")
+        + "); check the raster and its nodata value (gdalinfo -stats)"
+    )
 
 
 def _check_same_bands(sources: list[RasterSource]) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
-import rasterio
 import shapely
 from affine import Affine
 from rasterio.features import shapes
@@ -24,7 +23,7 @@ from shapely.geometry import shape
 from geoseg.atomic import atomic_output
 from geoseg.classes import IGNORE_INDEX, ClassMap
 from geoseg.errors import InputFileError, OptionError
-from geoseg.raster import check_readable
+from geoseg.raster import open_dataset, read_errors
 from geoseg.styles import read_class_metadata, write_vector_style
 
 log = logging.getLogger(__name__)
@@ -63,15 +62,15 @@ def vectorize_mask(
         raise OptionError(f"--min-area must be >= 0 square metres, got {min_area}")
     if simplify < 0:
         raise OptionError(f"--simplify must be >= 0 metres, got {simplify}")
-    mask_path = check_readable(mask_path, what="mask raster")
     out_gpkg = Path(out_gpkg)
-    with rasterio.open(mask_path) as dataset:
+    with open_dataset(mask_path, what="mask raster") as dataset:
         _check_mask(dataset)
         classes = classes or read_class_metadata(dataset)
         transform, crs = dataset.transform, dataset.crs
         pixel_m = _pixel_size_m(dataset)
         skip_zero = not include_background and _zero_is_background(classes)
-        ids, pixel_geoms = _polygonize(dataset, not skip_zero, window, progress)
+        with read_errors(mask_path):
+            ids, pixel_geoms = _polygonize(dataset, not skip_zero, window, progress)
     if classes is None:
         classes = ClassMap.from_ids(set(ids.tolist()) | {0})
     else:
@@ -100,8 +99,7 @@ def vectorize_mask(
     frame = frame.sort_values(["class_id", "area_m2"], ascending=[True, False])
     frame = frame.reset_index(drop=True)
     with atomic_output(out_gpkg) as tmp:
-        frame.to_file(tmp, layer=LAYER, driver="GPKG", engine="pyogrio",
-                      geometry_type="Polygon")
+        frame.to_file(tmp, layer=LAYER, driver="GPKG", engine="pyogrio", geometry_type="Polygon")
         write_vector_style(tmp, LAYER, classes)
     log.info("%s: %d polygons", out_gpkg, len(frame))
     return out_gpkg
@@ -149,8 +147,10 @@ def _polygonize(dataset, include_background: bool, size: int, progress: Progress
                 polygon = shape(geom)
                 x0, y0, x1, y1 = polygon.bounds
                 on_seam = (
-                    (x0 <= col0 and col0 > 0) or (y0 <= row0 and row0 > 0)
-                    or (x1 >= col1 and col1 < width) or (y1 >= row1 and row1 < height)
+                    (x0 <= col0 and col0 > 0)
+                    or (y0 <= row0 and row0 > 0)
+                    or (x1 >= col1 and col1 < width)
+                    or (y1 >= row1 and row1 < height)
                 )
                 (seam_ids if on_seam else ids).append(int(value))
                 (seam_geoms if on_seam else geoms).append(polygon)
