@@ -2,8 +2,10 @@
 
 Labels are brought onto the prediction's grid window by window: a label raster on any
 grid or CRS through a warped VRT with nearest resampling, a vector file reprojected and
-rasterized (pixels no label polygon covers count as class 0, background). Pixels that
-are 255 (ignore) or nodata in either the prediction or the labels are left out.
+rasterized (pixels no label polygon covers count as class 0, background, or with
+``unlabeled="ignore"`` are left out). Pixels that are 255 (ignore) or nodata in either
+the prediction or the labels are left out. A class without label pixels has no IoU,
+recall or F1 (only false positives could be counted) and stays out of the mean IoU.
 """
 
 from __future__ import annotations
@@ -24,14 +26,17 @@ from rasterio.windows import bounds as window_bounds
 from rasterio.windows import transform as window_transform
 
 from geoseg.classes import IGNORE_INDEX, ClassMap
-from geoseg.errors import InputFileError, LabelsError
-from geoseg.raster import check_readable
+from geoseg.errors import InputFileError, LabelsError, OptionError
+from geoseg.labels import label_layer, warn_if_nodata_is_class
+from geoseg.raster import check_complete, check_readable, open_dataset, read_errors
 from geoseg.styles import read_class_metadata
 
 VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb", ".gml", ".kml", ".parquet")
 #: Label fields tried, in order, when none is named.
 LABEL_FIELDS = ("class_id", "class", "label", "class_name", "classname", "name")
 WINDOW = 1024
+#: What pixels outside every label polygon are: class 0, or left out of the scores.
+UNLABELED = ("background", "ignore")
 
 Progress = Callable[[int, int], None]
 
@@ -66,9 +71,15 @@ class Evaluation:
             return np.where(denominator > 0, self.true_positives / denominator, np.nan)
 
     @property
+    def unreferenced(self) -> np.ndarray:
+        """True for classes without label pixels: their IoU, recall and F1 are undefined."""
+        return self.support == 0
+
+    @property
     def iou(self) -> np.ndarray:
-        """Per-class intersection over union; NaN for a class in neither labels nor prediction."""
-        return self._ratio(self.support + self.predicted - self.true_positives)
+        """Per-class intersection over union; NaN for a class without label pixels."""
+        iou = self._ratio(self.support + self.predicted - self.true_positives)
+        return np.where(self.unreferenced, np.nan, iou)
 
     @property
     def precision(self) -> np.ndarray:
@@ -80,7 +91,8 @@ class Evaluation:
 
     @property
     def f1(self) -> np.ndarray:
-        return self._ratio((self.support + self.predicted) / 2.0)
+        f1 = self._ratio((self.support + self.predicted) / 2.0)
+        return np.where(self.unreferenced, np.nan, f1)
 
     @property
     def overall_accuracy(self) -> float:
@@ -88,6 +100,7 @@ class Evaluation:
 
     @property
     def mean_iou(self) -> float:
+        """Mean IoU over the classes that have label pixels."""
         iou = self.iou
         return float(np.nanmean(iou)) if np.isfinite(iou).any() else math.nan
 
@@ -95,20 +108,25 @@ class Evaluation:
         """JSON-ready results; undefined scores are None."""
         rows = []
         for i, info in enumerate(self.classes):
-            rows.append({
-                "id": info.id,
-                "name": info.name,
-                "iou": _number(self.iou[i]),
-                "f1": _number(self.f1[i]),
-                "precision": _number(self.precision[i]),
-                "recall": _number(self.recall[i]),
-                "label_pixels": int(self.support[i]),
-                "predicted_pixels": int(self.predicted[i]),
-            })
+            rows.append(
+                {
+                    "id": info.id,
+                    "name": info.name,
+                    "iou": _number(self.iou[i]),
+                    "f1": _number(self.f1[i]),
+                    "precision": _number(self.precision[i]),
+                    "recall": _number(self.recall[i]),
+                    "label_pixels": int(self.support[i]),
+                    "predicted_pixels": int(self.predicted[i]),
+                }
+            )
         return {
             "pixels": self.pixels,
             "overall_accuracy": _number(self.overall_accuracy),
             "mean_iou": _number(self.mean_iou),
+            "classes_without_labels": [
+                c.id for c, u in zip(self.classes, self.unreferenced, strict=True) if u
+            ],
             "classes": rows,
             "confusion_matrix": {
                 "rows": "labels",
@@ -122,18 +140,26 @@ class Evaluation:
         """A readable report: per-class scores, overall accuracy and the confusion matrix."""
         names = [f"{c.id} {c.name}" for c in self.classes]
         width = max([len("class"), *map(len, names)])
-        header = f"{'class':<{width}}  {'IoU':>6}  {'F1':>6}  {'precision':>9}  {'recall':>6}  " \
-                 f"{'labels':>10}  {'predicted':>10}"
+        header = (
+            f"{'class':<{width}}  {'IoU':>6}  {'F1':>6}  {'precision':>9}  {'recall':>6}  "
+            f"{'labels':>10}  {'predicted':>10}"
+        )
         lines = [header, "-" * len(header)]
         for i, name in enumerate(names):
             lines.append(
                 f"{name:<{width}}  {_fmt(self.iou[i]):>6}  {_fmt(self.f1[i]):>6}  "
                 f"{_fmt(self.precision[i]):>9}  {_fmt(self.recall[i]):>6}  "
                 f"{int(self.support[i]):>10}  {int(self.predicted[i]):>10}"
+                + ("  no label pixels" if self.unreferenced[i] else "")
             )
         lines.append("")
-        lines.append(f"overall accuracy {_fmt(self.overall_accuracy)}   mean IoU "
-                     f"{_fmt(self.mean_iou)}   pixels {self.pixels}")
+        lines.append(
+            f"overall accuracy {_fmt(self.overall_accuracy)}   mean IoU "
+            f"{_fmt(self.mean_iou)}   pixels {self.pixels}"
+        )
+        if self.unreferenced.any():
+            left_out = ", ".join(n for n, u in zip(names, self.unreferenced, strict=True) if u)
+            lines.append(f"mean IoU leaves out the classes without label pixels: {left_out}")
         lines.append("")
         lines.append("confusion matrix (rows: labels, columns: prediction)")
         cell = max(8, *(len(str(v)) for v in self.confusion.ravel()), *(len(n) for n in names))
@@ -157,6 +183,7 @@ def evaluate_mask(
     *,
     classes: ClassMap | None = None,
     label_field: str | None = None,
+    unlabeled: str = "background",
     progress: Progress | None = None,
 ) -> Evaluation:
     """Compare a uint8 class mask with label raster or vector file, window by window.
@@ -164,14 +191,17 @@ def evaluate_mask(
     ``classes`` defaults to the classes in the prediction's tags; class names in a vector
     label field are looked up there. ``label_field`` names the vector attribute holding
     class ids or names (default: the first of ``LABEL_FIELDS`` present; a file without
-    any marks class 1 for a binary prediction).
+    any marks class 1 for a binary prediction). ``unlabeled``: with vector labels, pixels
+    outside every polygon are class 0 (``"background"``) or left out (``"ignore"``).
     """
+    if unlabeled not in UNLABELED:
+        raise OptionError(f"--unlabeled must be background or ignore, got {unlabeled!r}")
     pred_path = check_readable(pred_path, what="prediction raster")
     labels_path = Path(labels_path)
     if not labels_path.exists():
         raise InputFileError(f"{labels_path}: no such labels file; check the path")
     counts = np.zeros(256 * 256, dtype=np.int64)
-    with rasterio.open(pred_path) as pred:
+    with open_dataset(pred_path, what="prediction raster") as pred, read_errors(pred_path):
         if pred.count != 1 or pred.dtypes[0] != "uint8":
             raise InputFileError(
                 f"{pred_path}: expected a class mask (1 band of uint8 class ids), found "
@@ -182,9 +212,9 @@ def evaluate_mask(
         classes = classes or read_class_metadata(pred)
         windows = list(_windows(pred.width, pred.height))
         reader = (
-            _vector_labels(labels_path, pred, classes, label_field)
+            _vector_labels(labels_path, pred, classes, label_field, unlabeled)
             if _is_vector(labels_path)
-            else _raster_labels(labels_path, pred)
+            else _raster_labels(labels_path, pred, classes)
         )
         with reader as read_labels:
             for n, window in enumerate(windows, start=1):
@@ -197,6 +227,12 @@ def evaluate_mask(
                 counts += np.bincount(pairs, minlength=256 * 256)
                 if progress is not None:
                     progress(n, len(windows))
+    if not counts.any():
+        raise LabelsError(
+            f"{labels_path}: no pixel has both a label and a prediction (where the labels "
+            f"and {pred_path.name} meet, one of them is always nodata, ignore or unlabeled); "
+            f"check both files"
+        )
     confusion = counts.reshape(256, 256)
     observed = np.flatnonzero(confusion.sum(axis=0) + confusion.sum(axis=1))
     classes = classes.with_ids(observed.tolist()) if classes else ClassMap.from_ids(observed)
@@ -217,8 +253,8 @@ def _is_vector(path: Path) -> bool:
 class _raster_labels:
     """Reads label windows on the prediction grid (context manager yielding a reader)."""
 
-    def __init__(self, path: Path, pred) -> None:
-        self.path, self.pred = path, pred
+    def __init__(self, path: Path, pred, classes: ClassMap | None) -> None:
+        self.path, self.pred, self.classes = path, pred, classes
 
     def __enter__(self) -> Callable[[Window], np.ndarray]:
         try:
@@ -228,6 +264,11 @@ class _raster_labels:
                 f"{self.path}: not a raster or vector labels file geoseg can read; give a "
                 f"GeoTIFF of class ids or a GeoPackage/GeoJSON of labelled polygons"
             ) from None
+        try:
+            check_complete(self.file, self.path)
+        except InputFileError:
+            self.file.close()
+            raise
         src, pred = self.file, self.pred
         if src.count != 1 or np.dtype(src.dtypes[0]).kind not in "iu":
             src.close()
@@ -239,16 +280,23 @@ class _raster_labels:
             src.close()
             raise LabelsError(f"{self.path}: labels have no CRS; cannot place them on {pred.name}")
         nodata = src.nodata
+        warn_if_nodata_is_class(self.path, nodata, self.classes or read_class_metadata(src))
         same_grid = (
-            src.crs == pred.crs and src.transform.almost_equals(pred.transform)
+            src.crs == pred.crs
+            and src.transform.almost_equals(pred.transform)
             and (src.width, src.height) == (pred.width, pred.height)
         )
         self.dataset = src
         if not same_grid:
             self.dataset = WarpedVRT(
-                src, crs=pred.crs, transform=pred.transform, width=pred.width,
-                height=pred.height, resampling=Resampling.nearest,
-                src_nodata=nodata, nodata=nodata if nodata is not None else IGNORE_INDEX,
+                src,
+                crs=pred.crs,
+                transform=pred.transform,
+                width=pred.width,
+                height=pred.height,
+                resampling=Resampling.nearest,
+                src_nodata=nodata,
+                nodata=nodata if nodata is not None else IGNORE_INDEX,
             )
             nodata = self.dataset.nodata
         if not _overlaps(src, pred):
@@ -256,7 +304,8 @@ class _raster_labels:
             raise LabelsError(f"{self.path}: labels do not overlap the prediction {pred.name}")
 
         def read(window: Window) -> np.ndarray:
-            labels = self.dataset.read(1, window=window).astype(np.int64)
+            with read_errors(self.path):
+                labels = self.dataset.read(1, window=window).astype(np.int64)
             if nodata is not None:
                 labels[labels == nodata] = -1
             return labels
@@ -283,32 +332,61 @@ def _overlaps(src, pred) -> bool:
 class _vector_labels:
     """Rasterizes labelled polygons window by window onto the prediction grid."""
 
-    def __init__(self, path: Path, pred, classes: ClassMap | None, field: str | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        pred,
+        classes: ClassMap | None,
+        field: str | None,
+        unlabeled: str = "background",
+    ) -> None:
         self.path, self.pred, self.classes, self.field = path, pred, classes, field
+        # -1 marks pixels left out of the scores, like label nodata.
+        self.fill = 0 if unlabeled == "background" else -1
 
     def __enter__(self) -> Callable[[Window], np.ndarray]:
         import geopandas as gpd
 
+        layer = label_layer(self.path)
+        if layer is None:
+            raise LabelsError(f"{self.path}: holds no layer of label polygons")
         try:
-            frame = gpd.read_file(self.path)
+            frame = gpd.read_file(self.path, layer=layer)
         except Exception as exc:  # pyogrio raises several types for unreadable files
-            raise InputFileError(f"{self.path}: not a vector file geoseg can read ({exc})") from None
+            raise InputFileError(
+                f"{self.path}: not a vector file geoseg can read ({exc})"
+            ) from None
         if frame.crs is None:
             raise LabelsError(f"{self.path}: labels have no CRS; assign one in QGIS or ogr2ogr")
-        frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty].to_crs(self.pred.crs)
+        frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
+        if frame.empty:
+            raise LabelsError(
+                f"{self.path}: holds no label polygons (layer {layer!r} is empty); give the "
+                f"labels drawn for {self.pred.name}"
+            )
+        frame = frame.to_crs(self.pred.crs)
+        pred = self.pred
+        if not frame.sindex.query(_box(pred.bounds)).size:
+            raise LabelsError(
+                f"{self.path}: labels do not overlap the prediction {pred.name}; check that "
+                f"they cover the same area and carry the right CRS"
+            )
         values = self._class_ids(frame)
         self.geoms, self.values = frame.geometry.to_numpy(), values
         self.index = frame.sindex
-        pred = self.pred
+        fill = self.fill
 
         def read(window: Window) -> np.ndarray:
             shape = (int(window.height), int(window.width))
             hits = self.index.query(_box(window_bounds(window, pred.transform)))
             if len(hits) == 0:
-                return np.zeros(shape, np.int64)
+                return np.full(shape, fill, np.int64)
             burned = rasterize(
-                zip(self.geoms[hits], self.values[hits], strict=True), out_shape=shape,
-                transform=window_transform(window, pred.transform), fill=0, dtype="int32",
+                zip(self.geoms[hits], self.values[hits], strict=True),
+                out_shape=shape,
+                transform=window_transform(window, pred.transform),
+                fill=fill,
+                dtype="int32",
             )
             return burned.astype(np.int64)
 
@@ -320,8 +398,9 @@ class _vector_labels:
             field = next((f for f in LABEL_FIELDS if f in frame.columns), None)
         elif field not in frame.columns:
             fields = ", ".join(c for c in frame.columns if c != "geometry") or "none"
-            raise LabelsError(f"{self.path}: no field {field!r} (fields: {fields}); pick one "
-                              f"with --label-field")
+            raise LabelsError(
+                f"{self.path}: no field {field!r} (fields: {fields}); pick one with --label-field"
+            )
         if field is None:
             if self.classes is not None and len(self.classes) == 2:
                 return np.full(len(frame), self.classes.ids[1], dtype=np.int64)

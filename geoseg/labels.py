@@ -8,19 +8,25 @@ exactly the tile's pixels, 255 where nothing is known.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 
 from geoseg.classes import IGNORE_INDEX, WATER, ClassMap
 from geoseg.errors import ClassError, InputFileError, LabelsError, MissingCRSError
-from geoseg.raster import check_readable
+from geoseg.raster import check_readable, open_dataset, read_errors
+from geoseg.styles import read_class_metadata
 from geoseg.windows import Tile
+
+log = logging.getLogger(__name__)
+
+#: The polygon layer of GeoPackages written by geoseg (beside QGIS's layer_styles table).
+CLASSES_LAYER = "classes"
 
 VECTOR_SUFFIXES = {".gpkg", ".geojson", ".json", ".shp", ".fgb", ".gml", ".kml", ".parquet"}
 
@@ -32,15 +38,51 @@ def is_vector(path: str | Path) -> bool:
     return Path(path).suffix.lower() in VECTOR_SUFFIXES
 
 
+def label_layer(path: str | Path) -> str | None:
+    """The layer of a vector file that holds the labelled polygons.
+
+    ``classes`` when present (GeoPackages written by geoseg also hold a ``layer_styles``
+    table), else the first layer with geometry; None for a file without layers.
+    Raises ``InputFileError`` for a file that is not a vector file.
+    """
+    import pyogrio
+
+    try:
+        listed = pyogrio.list_layers(path)
+    except Exception as exc:  # pyogrio raises its own DataSourceError family
+        raise InputFileError(f"{path}: not a vector file geoseg can read ({exc})") from None
+    spatial = [str(name) for name, geometry_type in listed if geometry_type is not None]
+    if CLASSES_LAYER in spatial:
+        return CLASSES_LAYER
+    return spatial[0] if spatial else None
+
+
+def warn_if_nodata_is_class(path: str | Path, nodata, classes: ClassMap | None) -> None:
+    """Warn when a label raster's nodata value is also one of its class ids.
+
+    GDAL masks nodata pixels, so that class would silently drop out of the labels.
+    """
+    if nodata is None or classes is None or float(nodata) != int(nodata):
+        return
+    if int(nodata) in classes.ids:
+        name = classes.by_id(int(nodata)).name
+        log.warning(
+            "%s: nodata value %d is also class %d (%s), whose pixels are then ignored; "
+            "unset it (gdal_edit.py -unsetnodata) if %s pixels are labels",
+            path,
+            int(nodata),
+            int(nodata),
+            name,
+            name,
+        )
+
+
 class RasterLabels:
     """A class raster warped (nearest) onto a target grid, read a tile at a time."""
 
     def __init__(self, path: Path, grid, classes: ClassMap | None = None) -> None:
         self.path = check_readable(path, what="labels")
-        try:
-            self._src = rasterio.open(self.path)
-        except RasterioIOError as exc:
-            raise InputFileError(f"{self.path}: not a raster or vector file geoseg can read ({exc})") from None
+        self._src = open_dataset(self.path, what="label raster (or vector file)")
         if self._src.crs is None:
             self._src.close()
             raise MissingCRSError(
@@ -48,6 +90,9 @@ class RasterLabels:
                 f"(gdal_edit.py -a_srs EPSG:XXXX {self.path.name})"
             )
         _check_overlap(self.path, self._src.crs, self._src.bounds, grid)
+        warn_if_nodata_is_class(
+            self.path, self._src.nodata, classes or read_class_metadata(self._src)
+        )
         self._vrt = WarpedVRT(
             self._src,
             crs=grid.crs,
@@ -70,7 +115,8 @@ class RasterLabels:
         if c1 <= c0 or r1 <= r0:
             return labels
         window = rasterio.windows.Window(c0, r0, c1 - c0, r1 - r0)
-        values = self._vrt.read(1, window=window)
+        with read_errors(self.path):
+            values = self._vrt.read(1, window=window)
         bad = (values > IGNORE_INDEX) | (values < 0)
         if bad.any():
             raise LabelsError(
@@ -98,14 +144,16 @@ class VectorLabels:
         unlabeled: str = "background",
     ) -> None:
         import geopandas as gpd
+        import pyogrio
 
         self.path = check_readable(path, what="labels")
+        self.layer = label_layer(self.path)
         try:
-            import pyogrio
-
-            info = pyogrio.read_info(self.path)
+            info = pyogrio.read_info(self.path, layer=self.layer)
         except Exception as exc:  # pyogrio raises its own DataSourceError family
-            raise InputFileError(f"{self.path}: not a vector file geoseg can read ({exc})") from None
+            raise InputFileError(
+                f"{self.path}: not a vector file geoseg can read ({exc})"
+            ) from None
         if not info.get("crs"):
             raise MissingCRSError(
                 f"{self.path}: vector labels have no CRS; assign one in QGIS or with "
@@ -113,7 +161,7 @@ class VectorLabels:
             )
         file_crs = rasterio.crs.CRS.from_user_input(info["crs"])
         bbox = transform_bounds(grid.crs, file_crs, *_grid_bounds(grid), densify_pts=21)
-        frame = gpd.read_file(self.path, engine="pyogrio", bbox=bbox)
+        frame = gpd.read_file(self.path, engine="pyogrio", bbox=bbox, layer=self.layer)
         frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
         if frame.empty:
             raise LabelsError(
@@ -175,7 +223,9 @@ def _class_values(
         )
     column = frame[field]
     if column.isna().any():
-        raise LabelsError(f"{path}: {int(column.isna().sum())} feature(s) have no value in {field!r}")
+        raise LabelsError(
+            f"{path}: {int(column.isna().sum())} feature(s) have no value in {field!r}"
+        )
     if column.dtype.kind in "iuf":
         ids = column.to_numpy()
         if (ids != np.round(ids)).any() or (ids < 0).any() or (ids > 254).any():

@@ -14,20 +14,43 @@ from geoseg.cli.predict import ChipProgress
 @click.command(short_help="Score a predicted mask against label rasters or polygons.")
 @click.argument("prediction", type=click.Path(path_type=Path))
 @click.argument("labels", type=click.Path(path_type=Path))
-@click.option("--classes", type=click.Path(path_type=Path), default=None,
-              help="Classes JSON (default: the classes in the prediction's tags).")
-@click.option("--label-field", default=None, metavar="NAME",
-              help="Vector labels: field of class ids or names (default: class_id, class, "
-              "label, class_name, name).")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
-              help="Also write the results as JSON.")
+@click.option(
+    "--classes",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Classes JSON (default: the classes in the prediction's tags).",
+)
+@click.option(
+    "--label-field",
+    default=None,
+    metavar="NAME",
+    help="Vector labels: field of class ids or names (default: class_id, class, "
+    "label, class_name, name).",
+)
+@click.option(
+    "--unlabeled",
+    type=click.Choice(["background", "ignore"]),
+    default="background",
+    show_default=True,
+    help="Vector labels: pixels outside every polygon are class 0 "
+    "(background) or left out of the scores (ignore: for sparse hand-drawn labels).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the results as JSON.",
+)
 @quiet_option
-def evaluate(prediction, labels, classes, label_field, json_path, quiet):
+def evaluate(prediction, labels, classes, label_field, unlabeled, json_path, quiet):
     """Per-class IoU, F1, precision, recall, overall accuracy and confusion matrix.
 
     LABELS is a class raster (any grid or CRS; nearest resampling onto the prediction)
     or a vector file of labelled polygons (rasterized; uncovered pixels count as class
-    0). 255 and nodata in either file are left out.
+    0, or with --unlabeled ignore are left out). 255 and nodata in either file are left
+    out. Labels that do not overlap the prediction are an error. A class without label
+    pixels is marked in the table and left out of the mean IoU.
 
     \b
     Example:
@@ -39,8 +62,14 @@ def evaluate(prediction, labels, classes, label_field, json_path, quiet):
 
     class_map = ClassMap.read(classes) if classes else None
     with ChipProgress(prediction.name, quiet=quiet, unit="window") as bar:
-        result = evaluate_mask(prediction, labels, classes=class_map, label_field=label_field,
-                               progress=bar)
+        result = evaluate_mask(
+            prediction,
+            labels,
+            classes=class_map,
+            label_field=label_field,
+            unlabeled=unlabeled,
+            progress=bar,
+        )
     click.echo(result.table())
     if json_path is not None:
         report = {"prediction": str(prediction), "labels": str(labels), **result.to_dict()}
