@@ -24,7 +24,7 @@ from geoseg.atomic import atomic_output
 from geoseg.classes import IGNORE_INDEX, ClassMap
 from geoseg.errors import InputFileError, OptionError
 from geoseg.raster import open_dataset, read_errors
-from geoseg.styles import read_class_metadata, write_vector_style
+from geoseg.styles import GPKG_OPTIONS, read_class_metadata, write_vector_style
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,8 @@ def vectorize_mask(
     frame = frame.sort_values(["class_id", "area_m2"], ascending=[True, False])
     frame = frame.reset_index(drop=True)
     with atomic_output(out_gpkg) as tmp:
-        frame.to_file(tmp, layer=LAYER, driver="GPKG", engine="pyogrio", geometry_type="Polygon")
+        frame.to_file(tmp, layer=LAYER, driver="GPKG", engine="pyogrio", geometry_type="Polygon",
+                      dataset_options=GPKG_OPTIONS)
         write_vector_style(tmp, LAYER, classes)
     log.info("%s: %d polygons", out_gpkg, len(frame))
     return out_gpkg
