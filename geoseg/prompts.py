@@ -489,7 +489,11 @@ def prompt_features(
             point_rows["label"].extend(p.labels.tolist())
             point_rows["chip"].extend([name] * len(p.points))
             point_rows["component"].extend(found.point_components.tolist())
+        # Edge chips reach past the raster (padding); their boxes stop at the raster's edge.
+        right = min(tile.width, source.width - int(tile.window.col_off))
+        bottom = min(tile.height, source.height - int(tile.window.row_off))
         for box, component in zip(p.boxes.astype(np.float64), found.box_components, strict=True):
+            box = _clip_box(box, right, bottom)
             corners = np.array(
                 [[box[0], box[1]], [box[2], box[1]], [box[2], box[3]], [box[0], box[3]]]
             )
@@ -531,6 +535,14 @@ def prompt_features(
     return PromptFeatures(points, boxes, prompts.threshold, len(grid), metadata)
 
 
+def _clip_box(box: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A pixel box (x0, y0, x1, y1) clipped to ``width`` x ``height``, at least 1 px wide."""
+    x0, x1 = np.clip(box[[0, 2]], 0, width)
+    y0, y1 = np.clip(box[[1, 3]], 0, height)
+    x0, y0 = min(x0, max(x1 - 1, 0)), min(y0, max(y1 - 1, 0))
+    return np.array([x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)])
+
+
 # Prompts files ---------------------------------------------------------------------------
 
 PROMPT_FORMATS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
@@ -559,6 +571,8 @@ def write_prompts(path: str | Path, features: PromptFeatures) -> Path:
     """
     import pyogrio
 
+    from geoseg.styles import GPKG_OPTIONS, write_prompt_styles
+
     path = check_prompts_path(path)
     driver = PROMPT_FORMATS[path.suffix.lower()]
     with atomic_output(path) as tmp:
@@ -570,6 +584,7 @@ def write_prompts(path: str | Path, features: PromptFeatures) -> Path:
                 driver="GPKG",
                 geometry_type="Point",
                 layer_metadata=features.metadata or None,
+                dataset_options=GPKG_OPTIONS,
             )
             pyogrio.write_dataframe(
                 features.boxes,
@@ -579,6 +594,7 @@ def write_prompts(path: str | Path, features: PromptFeatures) -> Path:
                 geometry_type="Polygon",
                 append=True,
             )
+            write_prompt_styles(tmp)
         else:
             wgs84 = features.to_crs("EPSG:4326")
             points = wgs84.points.assign(prompt="point")

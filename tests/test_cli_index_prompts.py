@@ -83,7 +83,8 @@ def test_prompts_from_the_command_line_with_preview(make_raster, tmp_path, invok
     )
     assert "ndwi >" in result.output and "positive" in result.output
     layers = dict(pyogrio.list_layers(out))
-    assert layers == {"points": "Point", "boxes": "Polygon"}
+    # layer_styles: the QGIS styles of both layers
+    assert layers == {"points": "Point", "boxes": "Polygon", "layer_styles": None}
     meta = pyogrio.read_info(out, layer="points")["layer_metadata"]
     assert meta["index"] == "ndwi" and meta["chip_size"] == "48"
     points = pyogrio.read_dataframe(out, layer="points")

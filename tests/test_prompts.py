@@ -343,3 +343,27 @@ def test_preview_reads_a_bounded_overview_with_its_own_transform(make_raster):
         assert col == pytest.approx(50) and row == pytest.approx(33.5, abs=0.05)
     assert composite_bands(["red", "green", "blue", "nir"])[1] == "true colour"
     assert composite_bands(["swir1", "nir", "red", "green"])[0] == ("swir1", "nir", "red")
+
+
+def test_boxes_stop_at_the_raster_edge_and_the_prompts_file_carries_qgis_styles(
+    make_raster, tmp_path
+):
+    """Edge chips are padded past the raster; a perturbed box must not follow them."""
+    from geoseg.prompts import prompt_features, write_prompts
+    from geoseg.raster import open_raster
+    from geoseg.styles import read_gpkg_styles
+
+    data = np.full((4, 100, 90), 500, np.uint16)
+    data[3] = 2500  # land: nir high
+    data[1, 60:, 70:], data[3, 60:, 70:] = 1200, 300  # water in the bottom-right corner
+    path = make_raster("corner.tif", data=data, nodata=0, descriptions=["red", "green", "blue", "nir"])
+    settings = PromptSettings(points=1, perturb=8, min_size=10, threshold=0.0)
+    with open_raster(path) as source:
+        features = prompt_features(source, settings, size=64, overlap=8)
+        left, bottom, right, top = source.bounds
+    x0, y0, x1, y1 = features.boxes.total_bounds
+    assert len(features.boxes) >= 1
+    assert left <= x0 and bottom <= y0 and x1 <= right and y1 <= top
+    styles = {s.layer: s for s in read_gpkg_styles(write_prompts(tmp_path / "p.gpkg", features))}
+    assert set(styles) == {"points", "boxes"} and all(s.default for s in styles.values())
+    assert 'attr="label"' in styles["points"].qml and "singleSymbol" in styles["boxes"].qml
