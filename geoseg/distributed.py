@@ -4,12 +4,14 @@ A job runs as tasks on the cluster's workers: one per raster, or, for a raster w
 chip rows than a block (or when there are fewer rasters than workers), one per block of
 chip rows plus one task that joins the blocks' part files into the final mask (see
 ``geoseg.predict.predict_part``). Tasks are submitted largest raster first. Workers must
-see the same file paths as the client (one machine, or a shared filesystem).
+see the same file paths as the client (one machine, or a shared filesystem): paths sent
+to an external cluster are made absolute on the client (``absolute_path``) and
+``check_worker_access`` tries them from a worker first.
 
 Each worker process loads a backend's model once (``worker_backend``) and reuses it for
 all its tasks. Tasks report progress to the client through dask events, so one callback
 counts the chips (or tiles) of the whole job. A task that fails is reported with its
-raster and does not stop the others.
+raster and does not stop the others (``geoseg.batch``), as in one process.
 """
 
 from __future__ import annotations
@@ -18,16 +20,17 @@ import contextlib
 import logging
 import math
 import os
+import tempfile
 import threading
 import time
-import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from geoseg.errors import GeosegError, OptionError
+from geoseg.batch import BatchReport, Failure, PredictOptions, predict_job, vectorize_job
+from geoseg.errors import OptionError
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -73,14 +76,16 @@ def cluster_client(
     if (workers is None) == (scheduler is None):
         raise OptionError("give either --workers N (a local cluster) or --scheduler ADDRESS")
     # dask logs every cluster event at INFO; follow geoseg's verbosity (-v) instead.
-    logging.getLogger("distributed").setLevel(max(logging.getLogger().getEffectiveLevel(),
-                                                  logging.INFO))
+    logging.getLogger("distributed").setLevel(
+        max(logging.getLogger().getEffectiveLevel(), logging.INFO)
+    )
     if workers is not None:
         if workers < 1:
             raise OptionError(f"--workers must be at least 1, got {workers}")
         with (
-            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                         dashboard_address=":0") as cluster,
+            LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+            ) as cluster,
             Client(cluster) as client,
         ):
             if announce is not None:
@@ -112,6 +117,62 @@ def cluster_client(
 def worker_count(client: Client) -> int:
     """Worker processes the cluster has now (at least 1)."""
     return max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+
+
+def absolute_path(path: str | Path | None, *, local_only: bool = False) -> str | Path | None:
+    """``path`` made absolute against the client's working directory (None stays None).
+
+    Workers of an external cluster run in folders of their own, so every path sent to
+    them must be absolute. With ``local_only`` a value that is not an existing local path
+    (a hub id such as ``nvidia/mit-b0``, or ``auto``) is returned unchanged. The type
+    (str or Path) is kept.
+    """
+    if path is None or (local_only and not Path(path).exists()):
+        return path
+    absolute = os.path.abspath(os.path.expanduser(path))
+    return Path(absolute) if isinstance(path, Path) else absolute
+
+
+def _access_problems(inputs: list[str], folders: list[str]) -> list[str]:
+    """On a worker: which inputs it cannot read and which output folders it cannot write."""
+    problems = []
+    for path in inputs:
+        if not os.path.exists(path):
+            problems.append(f"do not see {path}")
+        elif not os.access(path, os.R_OK):
+            problems.append(f"cannot read {path}")
+    for folder in folders:
+        existing = Path(folder)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        try:
+            handle, probe = tempfile.mkstemp(dir=existing, prefix=".geoseg-probe-")
+            os.close(handle)
+            os.unlink(probe)
+        except OSError as exc:
+            problems.append(f"cannot write {folder} ({exc.strerror})")
+    return problems
+
+
+def check_worker_access(
+    client: Client, inputs: Sequence[str | Path], folders: Sequence[str | Path]
+) -> None:
+    """Raise ``OptionError`` unless a worker sees ``inputs`` and can write ``folders``.
+
+    One quick task on one worker, before any work is submitted: workers open files by the
+    client's paths, so a cluster without the same filesystem fails here in one line
+    instead of once per raster.
+    """
+    inputs = list(dict.fromkeys(str(p) for p in inputs))
+    folders = list(dict.fromkeys(str(p) for p in folders))
+    problems = client.submit(_access_problems, inputs, folders, pure=False).result()
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise OptionError(
+            f"the cluster's workers {problems[0]}{more}; they open files by the paths given "
+            f"here, so put sources and outputs on a filesystem every worker mounts at the "
+            f"same path"
+        )
 
 
 # The per-process model cache ----------------------------------------------------------
@@ -228,40 +289,11 @@ class _JobProgress:
 # Results ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Failure:
-    """A raster whose task failed: why, and whether it is a user error (bad input).
-
-    ``details``: the worker's traceback of an internal error (a bug), else empty.
-    """
-
-    source: Path
-    reason: str
-    user_error: bool
-    details: str = ""
-
-
 @dataclass
-class ClusterReport:
+class ClusterReport(BatchReport):
     """What a job on the cluster did: finished outputs, failed sources, blocks per source."""
 
-    done: list[PredictJob] = field(default_factory=list)
-    failed: list[Failure] = field(default_factory=list)
     blocks: dict[Path, int] = field(default_factory=dict)
-
-    @property
-    def exit_code(self) -> int:
-        """0 when all succeeded, 1 if any failure was internal (a bug), 2 for bad input."""
-        if not self.failed:
-            return 0
-        return 2 if all(f.user_error for f in self.failed) else 1
-
-
-def _failure(source: Path, exc: BaseException) -> Failure:
-    if isinstance(exc, GeosegError):
-        return Failure(source, str(exc), True)
-    details = "".join(traceback.format_exception(exc))
-    return Failure(source, f"{type(exc).__name__}: {exc}", False, details)
 
 
 def _guarded(source: Path, function: Callable, *args):
@@ -279,25 +311,10 @@ def _guarded(source: Path, function: Callable, *args):
         with rasterio.Env(**cache):
             return function(*args)
     except Exception as exc:
-        return _failure(source, exc)
+        return Failure.from_exception(source, exc)
 
 
 # Prediction ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PredictOptions:
-    """The options of ``predict_raster`` and of ``--vector`` for every job."""
-
-    bands: str | None = None
-    size: int | str | None = None
-    overlap: int | str | None = None
-    batch_size: int = 8
-    prompts: str | None = None
-    dst_crs: str | None = None
-    min_area: float = 0.0
-    simplify: float = 0.0
-    overwrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -311,26 +328,21 @@ class _Plan:
 def _plan_task(spec: BackendSpec, job: PredictJob, options: PredictOptions) -> _Plan:
     from geoseg.predict import prediction_grid
 
-    grid = prediction_grid(worker_backend(spec), job.source, bands=options.bands,
-                           size=options.size, overlap=options.overlap)
+    grid = prediction_grid(
+        worker_backend(spec),
+        job.source,
+        bands=options.bands,
+        size=options.size,
+        overlap=options.overlap,
+    )
     return _Plan(job, grid.n_rows, grid.n_cols, grid.width * grid.height)
 
 
 def _predict_task(spec: BackendSpec, job: PredictJob, options: PredictOptions, task: str) -> int:
     """Predict (and vectorize) one whole raster; returns the chips predicted."""
-    from geoseg.predict import predict_raster
-
-    backend = worker_backend(spec)
     reporter = _TaskReporter(task)
-    if options.overwrite or not job.mask_complete():
-        predict_raster(
-            backend, job.source, job.mask, bands=options.bands, size=options.size,
-            overlap=options.overlap, batch_size=options.batch_size, prompts=options.prompts,
-            dst_crs=options.dst_crs, probabilities_path=job.probabilities,
-            progress=reporter.engine_progress,
-        )
+    predict_job(worker_backend(spec), job, options, progress=reporter.engine_progress)
     reporter.flush()
-    _vectorize(job, options)
     return reporter.done
 
 
@@ -348,9 +360,16 @@ def _part_task(
 
     reporter = _TaskReporter(task)
     predict_part(
-        worker_backend(spec), job.source, part, chip_rows, bands=options.bands,
-        size=options.size, overlap=options.overlap, batch_size=options.batch_size,
-        prompts=options.prompts, probabilities_part=probability_part,
+        worker_backend(spec),
+        job.source,
+        part,
+        chip_rows,
+        bands=options.bands,
+        size=options.size,
+        overlap=options.overlap,
+        batch_size=options.batch_size,
+        prompts=options.prompts,
+        probabilities_part=probability_part,
         progress=reporter.engine_progress,
     )
     reporter.flush()
@@ -374,20 +393,18 @@ def _merge_task(
             remove_all(parts + (probability_parts or []))
             return block
     try:
-        merge_parts(parts, job.mask, worker_backend(spec).classes(), dst_crs=options.dst_crs,
-                    probability_parts=probability_parts, probabilities_path=job.probabilities)
+        merge_parts(
+            parts,
+            job.mask,
+            worker_backend(spec).classes(),
+            dst_crs=options.dst_crs,
+            probability_parts=probability_parts,
+            probabilities_path=job.probabilities,
+        )
     finally:
         remove_all(parts + (probability_parts or []))
-    _vectorize(job, options)
+    vectorize_job(job, options)
     return sum(block_chips)
-
-
-def _vectorize(job: PredictJob, options: PredictOptions) -> None:
-    if job.vector is None:
-        return
-    from geoseg.vectorize import vectorize_mask
-
-    vectorize_mask(job.mask, job.vector, min_area=options.min_area, simplify=options.simplify)
 
 
 def block_plan(rows: int, block_rows: int) -> list[tuple[int, int]]:
@@ -399,13 +416,14 @@ def predict_on_cluster(
     client: Client,
     jobs: Sequence[PredictJob],
     spec: BackendSpec,
-    options: PredictOptions = PredictOptions(),
+    options: PredictOptions | None = None,
     *,
     block_rows: int | None = None,
     on_start: Callable[[int], None] | None = None,
     progress: Callable[[int], None] | None = None,
     on_done: Callable[[PredictJob], None] | None = None,
     on_failure: Callable[[Failure], None] | None = None,
+    fail_fast: bool = False,
 ) -> ClusterReport:
     """Predict ``jobs`` on the cluster; returns what finished and what failed.
 
@@ -413,15 +431,22 @@ def predict_on_cluster(
     rows (default: ``BLOCK_ROWS``, or fewer so that a job of fewer rasters than workers
     keeps every worker busy). ``on_start(total_chips)`` is called once the rasters are
     planned, ``progress(chips)`` as chips finish anywhere, ``on_done(job)`` and
-    ``on_failure(failure)`` as each raster ends.
+    ``on_failure(failure)`` as each raster ends. With ``fail_fast`` the first failure
+    cancels the tasks not yet finished and is raised (``Failure.error``).
     """
     from distributed import as_completed
 
     from geoseg.stitch import remove_all, scratch_path
 
+    options = options or PredictOptions()
     report = ClusterReport()
+    tasks: dict[object, tuple[str, int]] = {}
+    finals: dict[object, tuple[_Plan, list[Path]]] = {}
 
     def failed(failure: Failure) -> None:
+        if fail_fast:
+            client.cancel([*planning, *tasks, *finals])
+            raise failure.error()
         report.failed.append(failure)
         if on_failure is not None:
             on_failure(failure)
@@ -443,9 +468,7 @@ def predict_on_cluster(
     if on_start is not None:
         on_start(sum(p.rows * p.cols for p in plans))
 
-    finals: dict[object, tuple[_Plan, list[Path]]] = {}
     with _JobProgress(client, progress) as tally:
-        tasks: dict[object, tuple[str, int]] = {}
         for index, plan in enumerate(plans):
             rows = block_rows
             if rows is None:
@@ -457,8 +480,17 @@ def predict_on_cluster(
             needs_mask = options.overwrite or not job.mask_complete()
             if plan.rows <= rows or not needs_mask:
                 name = f"{index}"
-                future = client.submit(_guarded, job.source, _predict_task, spec, job, options,
-                                       name, pure=False, priority=priority)
+                future = client.submit(
+                    _guarded,
+                    job.source,
+                    _predict_task,
+                    spec,
+                    job,
+                    options,
+                    name,
+                    pure=False,
+                    priority=priority,
+                )
                 tasks[future] = (name, plan.rows * plan.cols)
                 finals[future] = (plan, [])
                 continue
@@ -470,15 +502,36 @@ def predict_on_cluster(
                 parts.append(part)
                 if probability_part is not None:
                     probability_parts.append(probability_part)
-                block = client.submit(_guarded, job.source, _part_task, spec, job, options,
-                                      (first, stop), part, probability_part, name, pure=False,
-                                      priority=priority)
+                block = client.submit(
+                    _guarded,
+                    job.source,
+                    _part_task,
+                    spec,
+                    job,
+                    options,
+                    (first, stop),
+                    part,
+                    probability_part,
+                    name,
+                    pure=False,
+                    priority=priority,
+                )
                 tasks[block] = (name, (stop - first) * plan.cols)
                 blocks.append(block)
             report.blocks[job.source] = len(blocks)
-            merge = client.submit(_guarded, job.source, _merge_task, spec, job, options, parts,
-                                  probability_parts or None, *blocks, pure=False,
-                                  priority=priority)
+            merge = client.submit(
+                _guarded,
+                job.source,
+                _merge_task,
+                spec,
+                job,
+                options,
+                parts,
+                probability_parts or None,
+                *blocks,
+                pure=False,
+                priority=priority,
+            )
             finals[merge] = (plan, parts + probability_parts)
 
         for future in as_completed(list(tasks) + [f for f in finals if f not in tasks]):
@@ -501,7 +554,7 @@ def predict_on_cluster(
 def _outcome(future, source: Path):
     """A task's result, or a ``Failure`` when it failed or its worker died."""
     if future.status == "error":
-        return _failure(source, future.exception())
+        return Failure.from_exception(source, future.exception())
     return future.result()
 
 
@@ -523,16 +576,18 @@ def tile_runner(
     settings: TileSettings,
     *,
     progress: Callable[[int], None] | None = None,
-) -> Callable[[list[Path]], list[SourceTiles]]:
+    fail_fast: bool = False,
+) -> Callable[[list[Path]], list[SourceTiles | Failure]]:
     """A ``runner`` for ``geoseg.tiling.tile_sources`` that tiles each source as a task.
 
-    Sources are submitted largest first; results come back in source order. The first
-    failure is raised once every task has ended (chips already written are kept and
-    reused by a re-run).
+    Sources are submitted largest first; results (a ``Failure`` for a source that
+    failed) come back in source order once every task has ended. With ``fail_fast`` the
+    first failure cancels the other tasks and is raised. Chips already written are kept
+    and reused by a re-run.
     """
     from distributed import as_completed
 
-    def run(paths: list[Path]) -> list[SourceTiles]:
+    def run(paths: list[Path]) -> list[SourceTiles | Failure]:
         import rasterio
 
         def pixels(path: Path) -> int:
@@ -541,24 +596,29 @@ def tile_runner(
 
         with _JobProgress(client, progress) as tally:
             futures = [
-                client.submit(_guarded, path, _tile_task, path, Path(out_dir), settings, str(i),
-                              pure=False, priority=pixels(path))
+                client.submit(
+                    _guarded,
+                    path,
+                    _tile_task,
+                    path,
+                    Path(out_dir),
+                    settings,
+                    str(i),
+                    pure=False,
+                    priority=pixels(path),
+                )
                 for i, path in enumerate(paths)
             ]
             results: dict[int, SourceTiles | Failure] = {}
             for future in as_completed(futures):
                 index = futures.index(future)
                 results[index] = _outcome(future, paths[index])
-                if not isinstance(results[index], Failure):
+                if isinstance(results[index], Failure):
+                    if fail_fast:
+                        client.cancel(futures)
+                        raise results[index].error()
+                else:
                     tally.finished(str(index), results[index].tiles)
-            for index in range(len(paths)):
-                result = results[index]
-                if isinstance(result, Failure):
-                    if result.user_error:
-                        raise GeosegError(result.reason)
-                    raise RuntimeError(f"{result.source}: tiling failed on a worker: "
-                                       f"{result.reason}\n{result.details}")
             return [results[index] for index in range(len(paths))]
 
     return run
-

@@ -1,9 +1,10 @@
 """Cut rasters (and their labels) into a chip dataset; the work behind ``geoseg tile``.
 
-Every source is checked before anything is written: a bad file, band mapping, label file
-or classes file fails the whole call with nothing left behind. Chips are written under a
-temporary name and renamed, so a chip file under its final name is complete and a re-run
-skips it.
+Every source is checked before anything is written. A source that fails (a bad file,
+band mapping or labels, or a read error while tiling) is reported and left out of the
+dataset while the others go on (``geoseg.batch``); a bad classes file or output folder
+fails the whole call with nothing left behind. Chips are written under a temporary name
+and renamed, so a chip file under its final name is complete and a re-run skips it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import rasterio
 
 from geoseg import __version__
 from geoseg.atomic import atomic_output, clean_partials, ensure_folder
+from geoseg.batch import Failure
 from geoseg.classes import IGNORE_INDEX, ClassMap
 from geoseg.dataset import (
     DATASET_FILE,
@@ -112,6 +114,9 @@ class TileSummary:
     reused: int = 0
     below_min_valid: int = 0
     class_pixels: Counter = field(default_factory=Counter)
+    #: Sources tiled into the dataset, and those that failed (not in it).
+    done: list[Path] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
 
     @property
     def tiles_file(self) -> Path:
@@ -129,13 +134,19 @@ def tile_sources(
     *,
     on_start: Callable[[int], None] | None = None,
     progress: Callable[[int], None] | None = None,
-    runner: Callable[[list[Path]], list[SourceTiles]] | None = None,
+    runner: Callable[[list[Path]], list[SourceTiles | Failure]] | None = None,
+    on_failure: Callable[[Failure], None] | None = None,
+    fail_fast: bool = False,
 ) -> TileSummary:
     """Cut ``sources`` into chips under ``out_dir``; see the module docstring.
 
     ``on_start(total_tiles)`` is called once everything is checked; ``progress(1)`` after
     each tile. ``runner(paths)``, when given, tiles the checked sources elsewhere (each
-    with ``tile_source``, e.g. on a cluster) and returns their results in source order.
+    with ``tile_source``, e.g. on a cluster) and returns their results (a ``Failure``
+    for a source that failed) in source order. A failed source goes to
+    ``on_failure(failure)`` and ``TileSummary.failed``; tiles.gpkg and dataset.json are
+    written for the others, and not at all when none is left. With ``fail_fast`` the
+    first failure is raised instead.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -147,33 +158,31 @@ def tile_sources(
         if isinstance(settings.classes, (str, Path))
         else settings.classes
     )
+    summary = TileSummary(out_dir)
+
+    def failed(path: str | Path, exc: Exception) -> None:
+        if fail_fast:
+            raise exc
+        summary.failed.append(Failure.from_exception(path, exc))
+        if on_failure is not None:
+            on_failure(summary.failed[-1])
 
     opened: list[tuple[RasterSource, TileGrid, object]] = []
     # Folders this call creates, removed again if it fails before filling them.
     created = [d for d in (out_dir, out_dir / IMAGES_DIR, out_dir / LABELS_DIR) if not d.exists()]
     try:
         for path in sources:
-            source = open_raster(
-                path,
-                settings.bands,
-                dst_crs=settings.dst_crs,
-                resolution=settings.resolution,
-                resampling=settings.resampling,
-            )
-            opened.append((source, None, None))
-            grid = tile_grid(source, settings.size, settings.overlap)
-            _check_chip_memory(grid.size, source)
-            labels = None
-            if settings.labels is not None:
-                labels = open_labels(
-                    settings.labels,
-                    source,
-                    field=settings.label_field,
-                    classes=classes,
-                    unlabeled=settings.unlabeled,
-                )
-            opened[-1] = (source, grid, labels)
-        _check_same_bands([s for s, _, _ in opened])
+            try:
+                checked = _open_checked(path, settings, classes)
+            except Exception as exc:
+                failed(path, exc)
+                continue
+            opened.append(checked)
+            try:
+                _check_same_bands([opened[0][0], checked[0]])
+            except BandError as exc:
+                _close(opened.pop())
+                failed(path, exc)
         stems = [s.path.stem for s, _, _ in opened]
         if len(set(stems)) != len(stems):
             raise OptionError(
@@ -181,6 +190,8 @@ def tile_sources(
                 f"({', '.join(sorted({s for s in stems if stems.count(s) > 1}))}); chips are "
                 "named after their source, so rename one"
             )
+        if not opened:
+            return summary
 
         images_dir = ensure_folder(out_dir / IMAGES_DIR)
         labels_dir = ensure_folder(out_dir / LABELS_DIR) if settings.labels else None
@@ -190,16 +201,34 @@ def tile_sources(
         if on_start:
             on_start(sum(len(grid) for _, grid, _ in opened))
 
-        summary = TileSummary(out_dir)
+        def tile_here():
+            for source, grid, labels in opened:
+                try:
+                    result = _tile_opened(
+                        source, grid, labels, images_dir, labels_dir, settings, progress
+                    )
+                except Exception as exc:
+                    if fail_fast:
+                        raise
+                    result = Failure.from_exception(source.path, exc)
+                yield result
+
         label_classes = classes
         if runner is not None:
             results = runner([Path(s.path) for s, _, _ in opened])
         else:
-            results = (
-                _tile_opened(source, grid, labels, images_dir, labels_dir, settings, progress)
-                for source, grid, labels in opened
-            )
-        for result in results:
+            results = tile_here()
+        tiled = []
+        for (source, grid, labels), result in zip(opened, results, strict=True):
+            if isinstance(result, Failure):
+                if fail_fast:
+                    raise result.error()
+                summary.failed.append(result)
+                if on_failure is not None:
+                    on_failure(result)
+                continue
+            tiled.append((source, grid, labels))
+            summary.done.append(Path(source.path))
             if result.label_classes is not None:
                 label_classes = result.label_classes
             summary.chips.extend(result.chips)
@@ -207,22 +236,62 @@ def tile_sources(
             summary.reused += result.reused
             summary.below_min_valid += result.below_min_valid
             summary.class_pixels.update(result.class_pixels)
+        if not tiled:
+            _remove_empty(created)
+            return summary
         if not summary.chips:
-            _no_valid_chips([s for s, _, _ in opened], settings)
+            _no_valid_chips([s for s, _, _ in tiled], settings)
         _assign_splits(summary.chips, settings)
         _write_tiles(summary, out_dir)
-        _write_dataset_json(summary, out_dir, opened, settings, label_classes)
+        _write_dataset_json(summary, out_dir, tiled, settings, label_classes)
         return summary
     except BaseException:
-        for folder in reversed(created):
-            with contextlib.suppress(OSError):  # not empty: chips a re-run resumes from
-                folder.rmdir()
+        _remove_empty(created)
         raise
     finally:
-        for source, _, labels in opened:
-            if labels is not None:
-                labels.close()
-            source.close()
+        for entry in opened:
+            _close(entry)
+
+
+def _open_checked(path: str | Path, settings: TileSettings, classes: ClassMap | None):
+    """(source, grid, labels) of one source, checked for tiling; closed again on failure."""
+    source = open_raster(
+        path,
+        settings.bands,
+        dst_crs=settings.dst_crs,
+        resolution=settings.resolution,
+        resampling=settings.resampling,
+    )
+    try:
+        grid = tile_grid(source, settings.size, settings.overlap)
+        _check_chip_memory(grid.size, source)
+        labels = None
+        if settings.labels is not None:
+            labels = open_labels(
+                settings.labels,
+                source,
+                field=settings.label_field,
+                classes=classes,
+                unlabeled=settings.unlabeled,
+            )
+    except BaseException:
+        source.close()
+        raise
+    return source, grid, labels
+
+
+def _close(entry: tuple[RasterSource, TileGrid, object]) -> None:
+    source, _, labels = entry
+    if labels is not None:
+        labels.close()
+    source.close()
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove folders this call created, unless they hold chips a re-run resumes from."""
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def tile_source(

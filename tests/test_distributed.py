@@ -27,8 +27,14 @@ def water_scene(path: Path, width: int, height: int, seed: int) -> Path:
     data = np.stack([green * 0.9, green, green * 0.8, nir]).astype(np.uint16)
     data[:, :12, :20] = 0
     transform = Affine(0.6, 0, 350000 + seed, 0, -0.6, 4500000)
-    return write_raster(path, data, crs="EPSG:26915", transform=transform, nodata=0,
-                        descriptions=["red", "green", "blue", "nir"])
+    return write_raster(
+        path,
+        data,
+        crs="EPSG:26915",
+        transform=transform,
+        nodata=0,
+        descriptions=["red", "green", "blue", "nir"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,16 +75,26 @@ def test_many_rasters_match_one_process(client, tmp_path):
     jobs = plan_outputs(sources, tmp_path / "masks", probabilities=True, single_file=False)
     totals, chips = [], []
     report = predict_on_cluster(
-        client, jobs, BackendSpec(SPECTRAL, ("softness=0.05",)),
-        PredictOptions(size=64, overlap=16), on_start=totals.append, progress=chips.append,
+        client,
+        jobs,
+        BackendSpec(SPECTRAL, ("softness=0.05",)),
+        PredictOptions(size=64, overlap=16),
+        on_start=totals.append,
+        progress=chips.append,
     )
     assert not report.failed and len(report.done) == 3 and not report.blocks
     # One bar for the whole job: every chip of every raster counted once.
     assert sum(chips) == totals[0] == sum(len(single_grid(s)) for s in sources)
     for job in jobs:
         expected = tmp_path / "single" / job.mask.name
-        single_process(job.source, expected, ("softness=0.05",), size=64, overlap=16,
-                       probabilities_path=expected.with_name("p.tif"))
+        single_process(
+            job.source,
+            expected,
+            ("softness=0.05",),
+            size=64,
+            overlap=16,
+            probabilities_path=expected.with_name("p.tif"),
+        )
         assert_same_raster(job.mask, expected)
         assert_same_raster(job.probabilities, expected.with_name("p.tif"))
         assert job.style.is_file()
@@ -99,12 +115,21 @@ def test_one_raster_in_blocks_matches_one_process(client, tmp_path, overlap):
     source = water_scene(tmp_path / "big.tif", 230, 300, seed=7)
     jobs = plan_outputs([source], tmp_path / "mask.tif", probabilities=True)
     report = predict_on_cluster(
-        client, jobs, BackendSpec(SPECTRAL, ("softness=0.05",)),
-        PredictOptions(size=64, overlap=overlap), block_rows=2,
+        client,
+        jobs,
+        BackendSpec(SPECTRAL, ("softness=0.05",)),
+        PredictOptions(size=64, overlap=overlap),
+        block_rows=2,
     )
     assert not report.failed and report.blocks[source] >= 3
-    expected = single_process(source, tmp_path / "single.tif", ("softness=0.05",), size=64,
-                              overlap=overlap, probabilities_path=tmp_path / "single_p.tif")
+    expected = single_process(
+        source,
+        tmp_path / "single.tif",
+        ("softness=0.05",),
+        size=64,
+        overlap=overlap,
+        probabilities_path=tmp_path / "single_p.tif",
+    )
     assert_same_raster(jobs[0].mask, expected)
     assert_same_raster(jobs[0].probabilities, tmp_path / "single_p.tif")
     with rasterio.open(expected) as mask:
@@ -117,9 +142,24 @@ def test_cli_one_raster_on_a_scheduler_is_split_and_identical(client, invoke, tm
     source = water_scene(tmp_path / "scene.tif", 200, 330, seed=3)
     out = tmp_path / "mask.tif"
     # One raster, two workers: cut into blocks of chip rows.
-    result = invoke("predict", source, "-o", out, "--backend", SPECTRAL, "--size", "64",
-                    "--scheduler", client.scheduler.address, "--vector", "-q")
-    assert "1 predicted, 0 already complete, 0 failed" in result.output
+    result = invoke(
+        "predict",
+        source,
+        "-o",
+        out,
+        "--backend",
+        SPECTRAL,
+        "--size",
+        "64",
+        "--scheduler",
+        client.scheduler.address,
+        "--vector",
+        "-q",
+    )
+    assert result.output.splitlines()[-2:] == [
+        f"mask: {out}",
+        f"polygons: {out.with_suffix('.gpkg')}",
+    ]
     expected = single_process(source, tmp_path / "single.tif", size=64)
     assert_same_raster(out, expected)
     assert out.with_suffix(".gpkg").is_file() and out.with_suffix(".qml").is_file()
@@ -134,11 +174,22 @@ def test_corrupt_raster_is_reported_and_rerun_completes_only_what_is_missing(
         water_scene(folder / f"s{i}.tif", 120, 100, seed=i)
     (folder / "broken.tif").write_bytes(b"not a GeoTIFF")
     out = tmp_path / "masks"
-    args = ("predict", folder, "-o", out, "--backend", SPECTRAL, "--size", "64",
-            "--scheduler", client.scheduler.address, "-q")
+    args = (
+        "predict",
+        folder,
+        "-o",
+        out,
+        "--backend",
+        SPECTRAL,
+        "--size",
+        "64",
+        "--scheduler",
+        client.scheduler.address,
+        "-q",
+    )
     result = invoke(*args, expect=2)
-    assert "3 predicted, 0 already complete, 1 failed" in result.output
-    assert f"failed: {folder / 'broken.tif'}: not a raster geoseg can read" in result.stderr
+    assert "3 done, 1 failed, 0 already complete" in result.output
+    assert f"error: {folder / 'broken.tif'}: not a raster geoseg can read" in result.stderr
     assert "Traceback" not in result.output
     assert sorted(p.name for p in out.glob("*.tif")) == ["s0.tif", "s1.tif", "s2.tif"]
 
@@ -146,10 +197,11 @@ def test_corrupt_raster_is_reported_and_rerun_completes_only_what_is_missing(
     (out / "s1.tif").unlink()
     kept = {name: (out / name).stat().st_mtime_ns for name in ("s0.tif", "s2.tif")}
     result = invoke(*args)
-    assert "1 predicted, 2 already complete, 0 failed" in result.output
+    assert "1 done, 0 failed, 2 already complete" in result.output
     assert {name: (out / name).stat().st_mtime_ns for name in kept} == kept
-    assert_same_raster(out / "s1.tif", single_process(folder / "s1.tif", tmp_path / "s1.tif",
-                                                      size=64))
+    assert_same_raster(
+        out / "s1.tif", single_process(folder / "s1.tif", tmp_path / "s1.tif", size=64)
+    )
 
 
 def test_each_worker_loads_the_model_once(client, tmp_path):
@@ -173,13 +225,23 @@ def test_tiling_on_the_cluster_gives_the_same_dataset(client, invoke, tmp_path):
     sources = [water_scene(tmp_path / f"s{i}.tif", 150, 120, seed=i) for i in range(3)]
     labels = np.zeros((120, 150), np.uint8)
     labels[:, 70:] = 1
-    label_path = write_raster(tmp_path / "labels.tif", labels, crs="EPSG:26915",
-                              transform=Affine(0.6, 0, 350000, 0, -0.6, 4500000))
-    common = ("--size", "48", "--overlap", "8", "--labels", label_path, "--min-valid", "0.1",
-              "-q")
+    label_path = write_raster(
+        tmp_path / "labels.tif",
+        labels,
+        crs="EPSG:26915",
+        transform=Affine(0.6, 0, 350000, 0, -0.6, 4500000),
+    )
+    common = ("--size", "48", "--overlap", "8", "--labels", label_path, "--min-valid", "0.1", "-q")
     invoke("tile", *sources, "-o", tmp_path / "one", *common)
-    invoke("tile", *sources, "-o", tmp_path / "cluster", *common,
-           "--scheduler", client.scheduler.address)
+    invoke(
+        "tile",
+        *sources,
+        "-o",
+        tmp_path / "cluster",
+        *common,
+        "--scheduler",
+        client.scheduler.address,
+    )
     one, cluster = tmp_path / "one", tmp_path / "cluster"
     assert json.loads((one / "dataset.json").read_text()) == json.loads(
         (cluster / "dataset.json").read_text()
@@ -196,8 +258,17 @@ def test_tiling_on_the_cluster_gives_the_same_dataset(client, invoke, tmp_path):
 
 def test_scheduler_that_does_not_exist_is_one_line(invoke, tmp_path):
     source = water_scene(tmp_path / "scene.tif", 64, 64, seed=1)
-    result = invoke("predict", source, "-o", tmp_path / "m.tif", "--backend", SPECTRAL,
-                    "--scheduler", str(tmp_path / "nowhere.json"), expect=2)
+    result = invoke(
+        "predict",
+        source,
+        "-o",
+        tmp_path / "m.tif",
+        "--backend",
+        SPECTRAL,
+        "--scheduler",
+        str(tmp_path / "nowhere.json"),
+        expect=2,
+    )
     assert "--scheduler" in result.output and "scheduler file" in result.output
     assert not (tmp_path / "m.tif").exists()
 
@@ -222,10 +293,24 @@ def test_train_prints_model_saved_only_on_the_main_process(
 
     register_backend(Trainer)
     image = make_raster("image.tif", bands=4)
-    label_path = make_raster("labels.tif", bands=1, dtype="uint8",
-                             data=np.ones((1, 64, 64), np.uint8))
-    invoke("tile", image, "-o", tmp_path / "chips", "--bands", "naip", "--size", "32",
-           "--overlap", "0", "--labels", label_path, "-q")
+    label_path = make_raster(
+        "labels.tif", bands=1, dtype="uint8", data=np.ones((1, 64, 64), np.uint8)
+    )
+    invoke(
+        "tile",
+        image,
+        "-o",
+        tmp_path / "chips",
+        "--bands",
+        "naip",
+        "--size",
+        "32",
+        "--overlap",
+        "0",
+        "--labels",
+        label_path,
+        "-q",
+    )
     args = ("train", tmp_path / "chips", "--backend", "fake-ddp-trainer", "-q")
     monkeypatch.setenv("RANK", "1")
     assert invoke(*args, "-o", tmp_path / "m1").output == ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -127,6 +128,12 @@ resolution_option = click.option(
 overwrite_option = click.option(
     "--overwrite", is_flag=True, help="Redo outputs that already exist instead of skipping them."
 )
+fail_fast_option = click.option(
+    "--fail-fast",
+    is_flag=True,
+    help="Stop at the first source that fails (default: report it, go on with the others, "
+    "exit 2 at the end).",
+)
 seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 
@@ -184,3 +191,29 @@ def cluster_options(f):
         metavar="N",
         help="Run on a local dask cluster of N worker processes (one thread each).",
     )(f)
+
+
+def echo_failure(failure, bar: Progress | None = None) -> None:
+    """One line on stderr for a source that failed (``geoseg.batch.Failure``).
+
+    An internal error keeps its traceback above that line, as a bug should.
+    """
+    write = bar.bar.write if bar is not None and bar.bar is not None else click.echo
+    if failure.details:
+        write(failure.details.rstrip(), file=sys.stderr)
+    write(f"geoseg: error: {failure.describe()}", file=sys.stderr)
+
+
+def finish_batch(sources: int, done: int, failures, already_complete: int | None = None) -> None:
+    """The summary of a job over several sources, and its exit code when any failed."""
+    from geoseg.batch import exit_code
+
+    if sources > 1:
+        line = f"{done} done, {len(failures)} failed"
+        if already_complete is not None:
+            line += f", {already_complete} already complete"
+        click.echo(line)
+    if failures:
+        if sources > 1:
+            click.echo("re-run the same command to redo only what failed", err=True)
+        sys.exit(exit_code(failures))

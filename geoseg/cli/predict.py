@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import click
@@ -16,12 +15,16 @@ from geoseg.cli.options import (
     cluster_options,
     device_option,
     dst_crs_option,
+    echo_failure,
+    fail_fast_option,
+    finish_batch,
     model_option,
     overwrite_option,
     quiet_option,
 )
 
 log = logging.getLogger(__name__)
+
 
 class ChipProgress(Progress):
     """Adapts the engine's ``progress(done, total)`` callback to a progress bar."""
@@ -34,40 +37,103 @@ class ChipProgress(Progress):
 
 @click.command(short_help="Predict class masks (and polygons) for rasters.")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
-              help="Mask file (.tif) for one source, else a folder of <stem>.tif masks.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Mask file (.tif) for one source, else a folder of <stem>.tif masks.",
+)
 @backend_option("Backend that predicts (see geoseg backends).")
 @model_option("Model weights: a local folder or hub id (default: the backend's).")
-@click.option("--size", default=None, metavar="PX|METRES",
-              help="Chip size in pixels, or in metres with an m suffix (e.g. 2560m). "
-              "Default: the backend's chip size.")
-@click.option("--overlap", default=None, metavar="PX|METRES",
-              help="Overlap between neighbouring chips, in pixels or metres (m suffix). "
-              "Default: 64 px, at most a quarter of the chip size.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Chips per backend call.")
+@click.option(
+    "--size",
+    default=None,
+    metavar="PX|METRES",
+    help="Chip size in pixels, or in metres with an m suffix (e.g. 2560m). "
+    "Default: the backend's chip size.",
+)
+@click.option(
+    "--overlap",
+    default=None,
+    metavar="PX|METRES",
+    help="Overlap between neighbouring chips, in pixels or metres (m suffix). "
+    "Default: 64 px, at most a quarter of the chip size.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Chips per backend call.",
+)
 @device_option
-@click.option("--prompts", default=None, metavar="auto|PROMPTS.gpkg",
-              help="Prompts for promptable backends: 'auto' (from a water index, the default "
-              "for them) or a prompts file.")
-@click.option("--vector", is_flag=False, flag_value="", default=None, metavar="[OUT.gpkg|DIR]",
-              help="Also write polygons: to OUT.gpkg (one source), into DIR/<stem>.gpkg, or, "
-              "given alone, to <stem>.gpkg beside each mask.")
-@click.option("--min-area", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="With --vector: drop polygons smaller than this many square metres.")
-@click.option("--simplify", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="With --vector: simplification tolerance in metres (topology kept).")
+@click.option(
+    "--prompts",
+    default=None,
+    metavar="auto|PROMPTS.gpkg",
+    help="Prompts for promptable backends: 'auto' (from a water index, the default "
+    "for them) or a prompts file.",
+)
+@click.option(
+    "--vector",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[OUT.gpkg|DIR]",
+    help="Also write polygons: to OUT.gpkg (one source), into DIR/<stem>.gpkg, or, "
+    "given alone, to <stem>.gpkg beside each mask.",
+)
+@click.option(
+    "--min-area",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="With --vector: drop polygons smaller than this many square metres.",
+)
+@click.option(
+    "--simplify",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="With --vector: simplification tolerance in metres (topology kept).",
+)
 @dst_crs_option
-@click.option("--probabilities", is_flag=True,
-              help="Also write <stem>_probabilities.tif (float32, one band per class).")
+@click.option(
+    "--probabilities",
+    is_flag=True,
+    help="Also write <stem>_probabilities.tif (float32, one band per class).",
+)
 @backend_settings_options
 @bands_option
 @cluster_options
+@fail_fast_option
 @overwrite_option
 @quiet_option
-def predict(sources, output, backend_name, model, size, overlap, batch_size, device, prompts,
-            vector, min_area, simplify, dst_crs, probabilities, options, config_file, bands,
-            workers, scheduler, overwrite, quiet):
+def predict(
+    sources,
+    output,
+    backend_name,
+    model,
+    size,
+    overlap,
+    batch_size,
+    device,
+    prompts,
+    vector,
+    min_area,
+    simplify,
+    dst_crs,
+    probabilities,
+    options,
+    config_file,
+    bands,
+    workers,
+    scheduler,
+    fail_fast,
+    overwrite,
+    quiet,
+):
     """Predict a class mask for each of SOURCES (GeoTIFFs or folders of them).
 
     Each mask is a Cloud Optimized GeoTIFF of uint8 class ids on the source grid (255
@@ -79,10 +145,14 @@ def predict(sources, output, backend_name, model, size, overlap, batch_size, dev
     folder of <stem>.tif masks named after their sources. Give --vector alone after the
     sources for <stem>.gpkg polygons beside each mask.
 
+    A source that fails (unreadable, wrong bands, no CRS) is reported in one line and
+    the others go on; the summary counts what was done and what failed, and the exit
+    code is then 2 (bad input) or 1 (an internal error, with its traceback).
+    --fail-fast stops at the first failure instead.
+
     --workers N runs on a local dask cluster of N processes, --scheduler on an existing
-    one: one task per raster, large rasters in blocks of chip rows, same masks. A raster
-    that fails there is reported and the others go on; the exit code is then 2 (bad
-    input) or 1 (an internal error).
+    one (paths are made absolute here; its workers must see them at the same paths):
+    one task per raster, large rasters in blocks of chip rows, same masks and messages.
 
     \b
     Examples:
@@ -90,12 +160,21 @@ def predict(sources, output, backend_name, model, size, overlap, batch_size, dev
       geoseg predict scenes/ -o masks/ --backend segformer --model ./model --vector
       geoseg predict scenes/ -o masks/ --backend spectral --workers 4
     """
+    from geoseg.batch import BatchReport, PredictOptions
+    from geoseg.distributed import BackendSpec, absolute_path
     from geoseg.errors import OptionError
-    from geoseg.plugins import create_backend
-    from geoseg.predict import expand_sources, plan_outputs, predict_raster
+    from geoseg.predict import expand_sources, plan_outputs
     from geoseg.raster import check_readable, parse_crs
-    from geoseg.vectorize import vectorize_mask
 
+    if scheduler is not None:
+        # The workers of an external cluster do not share this working directory.
+        sources = [absolute_path(s) for s in sources]
+        output, config_file = absolute_path(output), absolute_path(config_file)
+        model = absolute_path(model, local_only=True)
+        if vector:
+            vector = absolute_path(vector)
+        if prompts not in (None, "auto"):
+            prompts = absolute_path(prompts)
     if prompts is not None and prompts != "auto":
         check_readable(prompts, what="prompts")
     parse_crs(dst_crs)
@@ -104,101 +183,131 @@ def predict(sources, output, backend_name, model, size, overlap, batch_size, dev
     source_paths = expand_sources(sources)
     single_file = len(sources) == 1 and not Path(sources[0]).is_dir()
     vector_arg = True if vector == "" else vector
-    jobs = plan_outputs(source_paths, output, vector=vector_arg, probabilities=probabilities,
-                        single_file=single_file)
+    jobs = plan_outputs(
+        source_paths,
+        output,
+        vector=vector_arg,
+        probabilities=probabilities,
+        single_file=single_file,
+    )
     for job in jobs:
         job.clean_partials()  # an interrupted run's temporary files; the re-run resumes
-    if workers is not None or scheduler is not None:
-        _predict_on_cluster(jobs, workers, scheduler, backend_name, options, config_file, model,
-                            device, bands, size, overlap, batch_size, prompts, dst_crs,
-                            min_area, simplify, overwrite, quiet)
-        return
-    backend = None
-    written = skipped = 0
-    for job in jobs:
-        if job.complete() and not overwrite:
-            click.echo(f"{job.mask}: exists, skipped (--overwrite redoes it)", err=True)
-            skipped += 1
-            continue
-        if overwrite or not job.mask_complete():
-            if backend is None:
-                backend = create_backend(backend_name, options, config_file)
-                backend.load(model, device)
-            with ChipProgress(job.source.name, quiet=quiet) as bar:
-                predict_raster(
-                    backend, job.source, job.mask, bands=bands, size=size, overlap=overlap,
-                    batch_size=batch_size, prompts=prompts, dst_crs=dst_crs,
-                    probabilities_path=job.probabilities, progress=bar,
-                )
-            click.echo(f"mask: {job.mask}")
-            if job.probabilities:
-                click.echo(f"probabilities: {job.probabilities}")
-        if job.vector is not None:
-            with ChipProgress(f"{job.mask.name} polygons", quiet=quiet, unit="window") as bar:
-                vectorize_mask(job.mask, job.vector, min_area=min_area, simplify=simplify,
-                               progress=bar)
-            click.echo(f"polygons: {job.vector}")
-        written += 1
-    if len(jobs) > 1:
-        click.echo(f"{written} predicted, {skipped} already complete")
-
-
-def _predict_on_cluster(jobs, workers, scheduler, backend_name, options, config_file, model,
-                        device, bands, size, overlap, batch_size, prompts, dst_crs, min_area,
-                        simplify, overwrite, quiet) -> None:
-    from geoseg.distributed import (
-        BackendSpec,
-        PredictOptions,
-        cluster_client,
-        predict_on_cluster,
+    spec = BackendSpec(
+        backend_name, tuple(options), str(config_file) if config_file else None, model, device
     )
-
-    spec = BackendSpec(backend_name, tuple(options), str(config_file) if config_file else None,
-                       model, device)
-    spec.create()  # a typo in a backend name or option fails here, before any cluster starts
+    backend = spec.create()  # a typo in a backend name or option fails here, before any work
+    settings = PredictOptions(
+        bands=bands,
+        size=size,
+        overlap=overlap,
+        batch_size=batch_size,
+        prompts=prompts,
+        dst_crs=dst_crs,
+        min_area=min_area,
+        simplify=simplify,
+        overwrite=overwrite,
+    )
     pending = []
     for job in jobs:
         if job.complete() and not overwrite:
             click.echo(f"{job.mask}: exists, skipped (--overwrite redoes it)", err=True)
         else:
             pending.append(job)
-    settings = PredictOptions(bands=bands, size=size, overlap=overlap, batch_size=batch_size,
-                              prompts=prompts, dst_crs=dst_crs, min_area=min_area,
-                              simplify=simplify, overwrite=overwrite)
-    if not pending:
-        click.echo(f"0 predicted, {len(jobs)} already complete")
-        return
+    report = BatchReport()
+    if pending and (workers is not None or scheduler is not None):
+        report = _predict_on_cluster(pending, spec, settings, workers, scheduler, fail_fast, quiet)
+    elif pending:
+        report = _predict_here(pending, backend, spec, settings, fail_fast, quiet)
+    finish_batch(len(jobs), len(report.done), report.failed, len(jobs) - len(pending))
+
+
+def _echo_done(job, write=click.echo) -> None:
+    lines = [f"mask: {job.mask}"]
+    if job.probabilities:
+        lines.append(f"probabilities: {job.probabilities}")
+    if job.vector is not None:
+        lines.append(f"polygons: {job.vector}")
+    write("\n".join(lines))
+
+
+def _predict_here(pending, backend, spec, settings, fail_fast, quiet):
+    """The one-process loop: every source checked first, then predicted one by one."""
+    from geoseg.batch import BatchReport, Failure, predict_job
+    from geoseg.predict import prediction_grid
+
+    report = BatchReport()
+
+    def failed(job, exc) -> None:
+        if fail_fast:
+            raise exc
+        report.failed.append(Failure.from_exception(job.source, exc))
+        echo_failure(report.failed[-1])
+
+    checked = []
+    for job in pending:
+        try:
+            # As the cluster plans every raster first: bad files fail before any model loads.
+            prediction_grid(
+                backend,
+                job.source,
+                bands=settings.bands,
+                size=settings.size,
+                overlap=settings.overlap,
+            )
+        except Exception as exc:
+            failed(job, exc)
+        else:
+            checked.append(job)
+    if checked:
+        backend.load(spec.model, spec.device)
+    for job in checked:
+        try:
+            with (
+                ChipProgress(job.source.name, quiet=quiet) as bar,
+                ChipProgress(f"{job.mask.name} polygons", quiet=quiet, unit="window") as shapes,
+            ):
+                predict_job(backend, job, settings, progress=bar, vector_progress=shapes)
+        except Exception as exc:
+            failed(job, exc)
+        else:
+            report.done.append(job)
+            _echo_done(job)
+    return report
+
+
+def _predict_on_cluster(pending, spec, settings, workers, scheduler, fail_fast, quiet):
+    from geoseg.distributed import check_worker_access, cluster_client, predict_on_cluster
+
     with (
-        cluster_client(workers, scheduler, announce=lambda line: click.echo(line, err=True))
-        as client,
+        cluster_client(
+            workers, scheduler, announce=lambda line: click.echo(line, err=True)
+        ) as client,
         Progress("predict", quiet=quiet) as bar,
     ):
-        def done(job) -> None:
-            lines = [f"mask: {job.mask}"]
-            if job.probabilities:
-                lines.append(f"probabilities: {job.probabilities}")
-            if job.vector is not None:
-                lines.append(f"polygons: {job.vector}")
-            (bar.bar.write if bar.bar is not None else click.echo)("\n".join(lines))
+        if scheduler is not None:
+            inputs = [job.source for job in pending]
+            inputs += [p for p in (settings.prompts, spec.config) if p not in (None, "auto")]
+            if spec.model is not None and Path(spec.model).exists():
+                inputs.append(spec.model)
+            folders = [
+                path.parent
+                for job in pending
+                for path in (job.mask, job.vector, job.probabilities)
+                if path is not None
+            ]
+            check_worker_access(client, inputs, folders)
 
-        def failed(failure) -> None:
-            # An internal error is a bug: it keeps its traceback, as outside the cluster.
-            message = failure.details or f"geoseg: failed: {_describe(failure)}"
-            (bar.bar.write if bar.bar is not None else click.echo)(message, file=sys.stderr)
+        def write(text) -> None:
+            (bar.bar.write if bar.bar is not None else click.echo)(text)
 
-        report = predict_on_cluster(client, pending, spec, settings, on_start=bar.start,
-                                    progress=bar.update, on_done=done, on_failure=failed)
-    click.echo(f"{len(report.done)} predicted, {len(jobs) - len(pending)} already complete, "
-               f"{len(report.failed)} failed")
-    if report.failed:
-        for failure in report.failed:
-            click.echo(f"  failed: {_describe(failure)}", err=True)
-        click.echo("re-run the same command to retry only what failed", err=True)
-        sys.exit(report.exit_code)
-
-
-def _describe(failure) -> str:
-    """The source and the reason, without naming the source twice."""
-    if failure.reason.startswith(str(failure.source)):
-        return failure.reason
-    return f"{failure.source}: {failure.reason}"
+        return predict_on_cluster(
+            client,
+            pending,
+            spec,
+            settings,
+            on_start=bar.start,
+            progress=bar.update,
+            on_done=lambda job: _echo_done(job, write),
+            on_failure=lambda failure: echo_failure(failure, bar),
+            fail_fast=fail_fast,
+        )
