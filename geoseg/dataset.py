@@ -27,6 +27,10 @@ TILES_LAYER = "tiles"
 IMAGES_DIR = "images"
 LABELS_DIR = "labels"
 FORMAT_VERSION = 1
+#: Keys of dataset.json that readers rely on, with the JSON types they must have.
+REQUIRED_KEYS = {"format": int, "bands": list, "chip_size": int, "classes": (list, dict)}
+#: Fields of the tiles layer that readers rely on.
+REQUIRED_FIELDS = ("chip", "label", "split", "source", "row", "col", "valid_fraction")
 
 
 @dataclass(frozen=True)
@@ -67,27 +71,47 @@ class ChipDataset:
             )
         try:
             info = json.loads(meta.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InputFileError(f"{meta}: unreadable ({exc}); re-run geoseg tile") from None
+        check_info(info, meta)
         tiles = root / TILES_FILE
         if not tiles.is_file():
             raise InputFileError(f"{root}: {TILES_FILE} is missing; re-run geoseg tile")
-        table = pyogrio.read_dataframe(tiles, layer=TILES_LAYER, read_geometry=False)
-        records = []
-        for row in table.itertuples(index=False):
-            label = getattr(row, "label", None)
-            records.append(
-                ChipRecord(
-                    name=Path(row.chip).stem,
-                    image=root / row.chip,
-                    label=root / label if isinstance(label, str) and label else None,
-                    split=str(row.split),
-                    source=str(row.source),
-                    row=int(row.row),
-                    col=int(row.col),
-                    valid_fraction=float(row.valid_fraction),
-                )
+        try:
+            table = pyogrio.read_dataframe(tiles, layer=TILES_LAYER, read_geometry=False)
+        except Exception as exc:  # pyogrio's DataSourceError family
+            raise InputFileError(
+                f"{tiles}: unreadable ({' '.join(str(exc).split())}); re-run geoseg tile"
+            ) from None
+        missing = [name for name in REQUIRED_FIELDS if name not in table.columns]
+        if missing:
+            raise InputFileError(
+                f"{tiles}: layer {TILES_LAYER!r} lacks field(s) {', '.join(missing)}; "
+                f"re-run geoseg tile"
             )
+        inside = root.resolve()
+        records = []
+        for number, row in enumerate(table.itertuples(index=False), start=1):
+            label = row.label
+            try:
+                records.append(
+                    ChipRecord(
+                        name=Path(str(row.chip)).stem,
+                        image=chip_path(inside, row.chip, tiles, number),
+                        label=chip_path(inside, label, tiles, number)
+                        if isinstance(label, str) and label
+                        else None,
+                        split=str(row.split),
+                        source=str(row.source),
+                        row=int(row.row),
+                        col=int(row.col),
+                        valid_fraction=float(row.valid_fraction),
+                    )
+                )
+            except (TypeError, ValueError) as exc:
+                raise InputFileError(
+                    f"{tiles}: row {number} has a bad value ({exc}); re-run geoseg tile"
+                ) from None
         return cls(root, info, records)
 
     def __len__(self) -> int:
@@ -115,14 +139,66 @@ class ChipDataset:
 
     def read_label(self, record: ChipRecord) -> np.ndarray:
         """Class ids (rows, cols) uint8, 255 = ignore."""
-        import rasterio
+        from geoseg.raster import open_dataset, read_errors
 
         if record.label is None:
             raise InputFileError(
                 f"{self.root}: chip {record.name} has no label; tile with --labels to train"
             )
-        with rasterio.open(record.label) as src:
+        with open_dataset(record.label, what="label chip") as src, read_errors(record.label):
             return src.read(1)
+
+
+def check_info(info, path: Path) -> None:
+    """Raise ``InputFileError`` naming what is missing or wrong in a dataset.json."""
+    if not isinstance(info, dict):
+        raise InputFileError(
+            f"{path}: expected a JSON object, found {type(info).__name__}; re-run geoseg tile"
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in info]
+    if missing:
+        raise InputFileError(
+            f"{path}: not a geoseg chip-set description: key(s) {', '.join(map(repr, missing))} "
+            f"missing; re-run geoseg tile to write it"
+        )
+    for key, kind in REQUIRED_KEYS.items():
+        value = info[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise InputFileError(
+                f"{path}: key {key!r} holds {value!r}, not a "
+                f"{'list' if kind is list else 'number' if kind is int else 'list of classes'}; "
+                f"re-run geoseg tile"
+            )
+    if info["format"] > FORMAT_VERSION:
+        raise InputFileError(
+            f"{path}: chip-set format {info['format']} is newer than this geoseg reads "
+            f"({FORMAT_VERSION}); upgrade geoseg or re-run geoseg tile with this version"
+        )
+    if info["format"] < 1:
+        raise InputFileError(
+            f"{path}: unknown chip-set format {info['format']}; re-run geoseg tile"
+        )
+    if not info["bands"] or not all(isinstance(b, str) and b for b in info["bands"]):
+        raise InputFileError(f"{path}: key 'bands' must list the band names; re-run geoseg tile")
+    if info["chip_size"] < 1:
+        raise InputFileError(f"{path}: key 'chip_size' must be positive; re-run geoseg tile")
+
+
+def chip_path(root: Path, name, tiles: Path, number: int) -> Path:
+    """``root / name`` for a chip or label named in tiles.gpkg; it must stay inside ``root``.
+
+    ``root`` is resolved. A crafted set naming ``../x.tif``, an absolute path or a link
+    out of the set would otherwise make training read files outside it.
+    """
+    if not isinstance(name, str) or not name:
+        raise InputFileError(f"{tiles}: row {number} names no chip file; re-run geoseg tile")
+    path = (root / name).resolve()
+    if Path(name).is_absolute() or not path.is_relative_to(root):
+        raise InputFileError(
+            f"{tiles}: row {number} names {name!r}, outside the chip set {root}; chip sets "
+            f"name their files relative to their folder (re-run geoseg tile)"
+        )
+    return path
 
 
 def list_to_spec(names: tuple[str, ...] | list[str]) -> str:
