@@ -20,6 +20,8 @@ from geoseg.raster import check_readable, open_raster, parse_crs
 
 BLOCK = 512
 
+#: Output driver by suffix for rasters (written tiled and compressed).
+RASTER_DRIVERS = {".tif": "GTiff", ".tiff": "GTiff"}
 #: Output driver by suffix for vector files.
 VECTOR_DRIVERS = {
     ".gpkg": "GPKG",
@@ -73,10 +75,16 @@ def reproject_raster(
     table carry over; use ``resampling="nearest"`` for class masks.
     """
     dst = Path(dst)
+    if dst.suffix.lower() not in RASTER_DRIVERS:
+        raise OutputError(
+            f"{dst}: unknown raster format {dst.suffix or '(no extension)'}; rasters are "
+            f"written as GeoTIFF: end the name with one of {', '.join(RASTER_DRIVERS)}"
+        )
     _check_output(dst, overwrite)
     with open_raster(src, dst_crs=parse_crs(dst_crs), resolution=resolution, resampling=resampling) as source:
         original = source._file
         profile = source.profile(
+            driver=RASTER_DRIVERS[dst.suffix.lower()],
             compress="deflate",
             tiled=True,
             blockxsize=BLOCK,
@@ -121,7 +129,8 @@ def reproject_vector(src: str | Path, dst: str | Path, dst_crs: str | CRS, *, ov
     driver = VECTOR_DRIVERS.get(dst.suffix.lower())
     if driver is None:
         raise OutputError(
-            f"{dst}: unknown vector format; end the name with one of {', '.join(VECTOR_DRIVERS)}"
+            f"{dst}: unknown vector format {dst.suffix or '(no extension)'}; end the name "
+            f"with one of {', '.join(VECTOR_DRIVERS)}"
         )
     _check_output(dst, overwrite)
     crs = parse_crs(dst_crs)
