@@ -517,6 +517,8 @@ def _write_tiles(summary: TileSummary, out_dir: Path) -> None:
     from pyogrio.raw import write
     from rasterio.warp import transform_geom
 
+    from geoseg.styles import GPKG_OPTIONS, write_tiles_style
+
     chips = summary.chips
     crs = chips[0].tile.crs if chips else None
     geometries = []
@@ -547,7 +549,9 @@ def _write_tiles(summary: TileSummary, out_dir: Path) -> None:
             geometry_type="Polygon",
             driver="GPKG",
             layer=TILES_LAYER,
+            dataset_options=GPKG_OPTIONS,
         )
+        write_tiles_style(tmp, TILES_LAYER, sorted({e.split for e in chips}))
 
 
 def _write_dataset_json(

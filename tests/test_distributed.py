@@ -246,8 +246,8 @@ def test_tiling_on_the_cluster_gives_the_same_dataset(client, invoke, tmp_path):
     assert json.loads((one / "dataset.json").read_text()) == json.loads(
         (cluster / "dataset.json").read_text()
     )
-    assert pyogrio.read_dataframe(one / "tiles.gpkg").equals(
-        pyogrio.read_dataframe(cluster / "tiles.gpkg")
+    assert pyogrio.read_dataframe(one / "tiles.gpkg", layer="tiles").equals(
+        pyogrio.read_dataframe(cluster / "tiles.gpkg", layer="tiles")
     )
     for folder in ("images", "labels"):
         names = sorted(p.name for p in (one / folder).iterdir())

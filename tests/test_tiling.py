@@ -115,7 +115,7 @@ def test_footprints_splits_and_dataset(make_raster, invoke, tmp_path):
     again = tmp_path / "again"
     invoke("tile", src, "-o", again, "--size", 32, "--overlap", 0, "--val-fraction", 0.3,
            "--seed", 7, "--bands", "naip", "-q")
-    assert list(gpd.read_file(again / "tiles.gpkg")["split"]) == list(tiles["split"])
+    assert list(gpd.read_file(again / "tiles.gpkg", layer="tiles")["split"]) == list(tiles["split"])
     dataset = ChipDataset.open(out)
     assert len(dataset.split("val")) == (tiles["split"] == "val").sum()
     data, valid = dataset.read_image(dataset.records[0])
@@ -185,7 +185,7 @@ def test_user_errors_exit_2_with_one_line_and_nothing_written(make_raster, invok
 def test_real_samples(invoke, tmp_path):
     out = tmp_path / "naip"
     invoke("tile", NAIP, "-o", out, "--bands", "naip", "--size", 256, "--overlap", 32, "-q")
-    tiles = gpd.read_file(out / "tiles.gpkg")
+    tiles = gpd.read_file(out / "tiles.gpkg", layer="tiles")
     assert len(tiles) == 4 * 5
     with rasterio.open(NAIP) as parent:
         union = tiles.geometry.union_all()
