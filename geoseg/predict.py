@@ -638,5 +638,20 @@ def plan_outputs(
             if path is not None and path.exists() and path.resolve() == source.resolve():
                 raise OutputError(f"{path}: the output would overwrite its source; choose "
                                   f"another output name or folder")
+            if path is not None:
+                _check_output_path(path)
         jobs.append(PredictJob(source, mask, vec, probs))
     return jobs
+
+
+def _check_output_path(path: Path) -> None:
+    """Refuse, before any work, an output that is a folder or lies under a file."""
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name for this output")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(
+                    f"{path}: {parent} is a file, not a folder; choose another output path"
+                )
+            break
