@@ -11,12 +11,20 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
+from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from geoseg.atomic import atomic_output, ensure_folder
 from geoseg.errors import InputFileError, MissingCRSError, OutputError
 from geoseg.labels import is_vector
 from geoseg.raster import check_readable, open_raster, parse_crs
+from geoseg.styles import (
+    GPKG_OPTIONS,
+    read_class_metadata,
+    read_gpkg_styles,
+    write_gpkg_styles,
+    write_raster_qml,
+)
 
 BLOCK = 512
 
@@ -72,7 +80,8 @@ def reproject_raster(
     """Warp a raster onto ``dst_crs`` block by block into a tiled, compressed GeoTIFF.
 
     Memory is bounded by the block size. Nodata, band descriptions, tags and a colour
-    table carry over; use ``resampling="nearest"`` for class masks.
+    table carry over; use ``resampling="nearest"`` for class masks. A geoseg class mask
+    also gets overviews (nearest, so they hold class ids) and its ``.qml`` style.
     """
     dst = Path(dst)
     if dst.suffix.lower() not in RASTER_DRIVERS:
@@ -100,6 +109,7 @@ def reproject_raster(
         if on_start:
             on_start(len(windows))
         needs_mask = source.nodata is None
+        classes = read_class_metadata(original) if original.count == 1 else None
         with atomic_output(dst) as tmp:
             env = rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True)
             with env, rasterio.open(tmp, "w", **profile) as out:
@@ -117,7 +127,20 @@ def reproject_raster(
                         out.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
                     if progress:
                         progress(1)
+                if classes is not None:
+                    out.build_overviews(_overview_factors(out.width, out.height), Resampling.nearest)
+    if classes is not None:
+        write_raster_qml(dst, classes)
     return dst
+
+
+def _overview_factors(width: int, height: int) -> list[int]:
+    """Overview levels down to one block, as the COG driver makes them for predict's masks."""
+    factors, factor = [], 2
+    while max(width, height) / (factor // 2) > BLOCK:
+        factors.append(factor)
+        factor *= 2
+    return factors
 
 
 def reproject_vector(src: str | Path, dst: str | Path, dst_crs: str | CRS, *, overwrite: bool = False) -> Path:
@@ -142,6 +165,9 @@ def reproject_vector(src: str | Path, dst: str | Path, dst_crs: str | CRS, *, ov
     # Tables without geometry (a GeoPackage's QGIS layer_styles, say) carry over unchanged
     # where the format can hold them.
     tables = [name for name, geometry_type in listed if geometry_type is None]
+    # QGIS styles are copied into a table made as QGIS makes it, not as a plain table.
+    styles = read_gpkg_styles(src) if "layer_styles" in tables and driver == "GPKG" else []
+    tables = [name for name in tables if name != "layer_styles"]
     if driver != "GPKG" and len(layers) > 1:
         raise OutputError(
             f"{src} has {len(layers)} layers but {dst.suffix} holds one; write a .gpkg instead"
@@ -166,8 +192,11 @@ def reproject_vector(src: str | Path, dst: str | Path, dst_crs: str | CRS, *, ov
                 shutil.move(part, dst.parent / part.name)
         return dst
     with atomic_output(dst) as tmp:
-        for layer, frame in frames:
-            pyogrio.write_dataframe(frame, tmp, layer=layer, driver=driver)
+        for n, (layer, frame) in enumerate(frames):
+            options = GPKG_OPTIONS if driver == "GPKG" and n == 0 else None
+            pyogrio.write_dataframe(frame, tmp, layer=layer, driver=driver, dataset_options=options)
+        if styles:
+            write_gpkg_styles(tmp, styles)
     return dst
 
 

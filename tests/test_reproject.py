@@ -105,3 +105,39 @@ def test_geoseg_polygons_with_their_style_table(make_raster, fake_backend, invok
     single = tmp_path / "water.geojson"  # one spatial layer: fits GeoJSON, the style stays behind
     invoke("reproject", polygons, "-o", single, "--dst-crs", "EPSG:4326", "-q")
     assert len(gpd.read_file(single)) == len(before)
+
+
+def test_reprojected_class_mask_keeps_its_qgis_style_and_gets_overviews(make_raster, invoke, tmp_path):
+    """A mask from predict, reprojected, opens in QGIS as the original does."""
+    import sqlite3
+    import xml.etree.ElementTree as ET
+
+    from geoseg.classes import WATER
+    from geoseg.styles import write_class_metadata
+
+    classes = np.zeros((1, 1200, 700), np.uint8)
+    classes[0, 300:900, 200:500] = 1
+    src = make_raster("water.tif", data=classes, nodata=255, transform=Affine(5, 0, 500000, 0, -5, 5200000))
+    with rasterio.open(src, "r+") as ds:
+        write_class_metadata(ds, WATER)
+    dst = tmp_path / "water_4326.tif"
+    invoke("reproject", src, "-o", dst, "--dst-crs", "EPSG:4326", "-q")
+    with rasterio.open(dst) as out:
+        assert out.overviews(1) == [2, 4]
+        assert set(np.unique(out.read(1, out_shape=(out.height // 4, out.width // 4)))) <= {0, 1, 255}
+    style = ET.parse(dst.with_suffix(".qml")).getroot()
+    assert {e.get("label"): e.get("alpha") for e in style.iter("paletteEntry")} == {
+        "background": "0",
+        "water": "191",
+    }
+    # a GeoPackage's styles travel in a layer_styles table made as QGIS makes it
+    polygons = tmp_path / "water.gpkg"
+    invoke("vectorize", src, "-o", polygons, "-q")
+    out_gpkg = tmp_path / "water_4326.gpkg"
+    invoke("reproject", polygons, "-o", out_gpkg, "--dst-crs", "EPSG:4326", "-q")
+    with sqlite3.connect(polygons) as a, sqlite3.connect(out_gpkg) as b:
+        query = "SELECT sql FROM sqlite_master WHERE name = 'layer_styles'"
+        assert a.execute(query).fetchall() == b.execute(query).fetchall()
+        query = "SELECT f_table_name, styleQML, useAsDefault FROM layer_styles"
+        assert a.execute(query).fetchall() == b.execute(query).fetchall()
+        assert b.execute("PRAGMA user_version").fetchall() == [(10200,)]
