@@ -39,6 +39,8 @@ class Capabilities:
     ``classes``: fixed output class names in channel order, or empty when the classes
     come from the model or the training data. ``bands``: band names the backend reads, in
     the order it wants them (empty: every band of the source, in file order).
+    ``weights``: False for a backend that loads no model weights, so ``--model`` given to
+    it is refused instead of silently ignored.
     """
 
     binary: bool = False
@@ -47,6 +49,7 @@ class Capabilities:
     trains: bool = False
     bands: tuple[str, ...] = ()
     chip_size: int = 512
+    weights: bool = True
 
     def describe(self) -> str:
         parts = ["binary" if self.binary else "multi-class"]

@@ -36,6 +36,10 @@ class OutputError(GeosegError):
     """An output path cannot be written (it is a file, exists, or is not writable)."""
 
 
+class OutputBusyError(OutputError):
+    """Another geoseg run is writing this output now; this run leaves it alone."""
+
+
 class OptionError(GeosegError):
     """An option value is out of range or does not fit the other options."""
 

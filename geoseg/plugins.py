@@ -26,7 +26,7 @@ import pluggy
 
 from geoseg import hookspecs
 from geoseg.backend import CONTRACT_VERSION, Backend
-from geoseg.errors import BackendError
+from geoseg.errors import BackendError, OptionError
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,22 @@ def create_backend(
     cls = backend_class(name)
     built = build_options(cls.Options, options, config, owner=f"backend {name!r}")
     return cls(built)
+
+
+def check_model_option(name: str, model: str | None) -> None:
+    """Refuse ``--model`` for a backend whose capabilities say it loads no weights.
+
+    Called before any work, so a user who expects a model to be used learns at once
+    that it would not be.
+    """
+    if model is None:
+        return
+    capabilities = backend_class(name).capabilities()
+    if not capabilities.weights:
+        raise OptionError(
+            f"backend {name!r} loads no model weights, so --model {model} would be ignored; "
+            f"drop --model, or pick a backend that loads weights (see geoseg backends)"
+        )
 
 
 def broken_plugins() -> list[BrokenPlugin]:

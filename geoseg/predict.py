@@ -32,7 +32,15 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform
 
-from geoseg.atomic import atomic_output, clean_partials, ensure_folder
+from geoseg.atomic import (
+    atomic_output,
+    clean_partials,
+    ensure_folder,
+    output_complete,
+    output_lock,
+    verify_raster,
+    write_errors,
+)
 from geoseg.backend import Backend, ChipBatch, Prompts
 from geoseg.classes import IGNORE_INDEX, ClassMap
 from geoseg.errors import BackendError, InputFileError, OptionError, OutputError
@@ -97,10 +105,12 @@ def predict_raster(
     classes = backend.classes()
     if len(classes) < 1:
         raise BackendError(f"backend {backend.name!r} declares no output classes")
-    with open_raster(src_path, bands) as source:
-        ensure_folder(out_path.parent)
-        if probabilities_path is not None:
-            ensure_folder(Path(probabilities_path).parent)
+    with open_raster(src_path, bands) as source, contextlib.ExitStack() as locks:
+        # Held until the style is written: a second run leaves these outputs alone.
+        for path in (out_path, probabilities_path):
+            if path is not None:
+                ensure_folder(Path(path).parent)
+                locks.enter_context(output_lock(path))
         names, grid = _plan(backend, source, size, overlap)
         _check_batch_memory(grid.size, batch_size, source.count + 2 * len(classes))
         with rasterio.Env(GDAL_CACHEMAX=_cache_bytes(source, grid)):
@@ -110,14 +120,26 @@ def predict_raster(
             prob_tmp = scratch_path(Path(probabilities_path)) if probabilities_path else None
             scratch = [p for p in (mask_tmp, prob_tmp) if p is not None]
             try:
-                _stream(
-                    backend, source, grid, classes, names, batch_size, prompt_source,
-                    mask_tmp, prob_tmp, progress,
-                )
+                with write_errors(out_path, scratch):
+                    _stream(
+                        backend,
+                        source,
+                        grid,
+                        classes,
+                        names,
+                        batch_size,
+                        prompt_source,
+                        mask_tmp,
+                        prob_tmp,
+                        progress,
+                    )
+                    for tmp, final in ((mask_tmp, out_path), (prob_tmp, probabilities_path)):
+                        if tmp is not None:
+                            verify_raster(tmp, name=final)
                 _finalise_outputs(mask_tmp, out_path, prob_tmp, probabilities_path, target_crs)
             finally:
                 remove_all(scratch)
-    write_raster_qml(out_path, classes)
+        write_raster_qml(out_path, classes)
     return out_path
 
 
@@ -188,8 +210,17 @@ def predict_part(
                 if probabilities_part is not None:
                     prob_tmp = outputs.enter_context(atomic_output(Path(probabilities_part)))
                 _stream(
-                    backend, source, grid, classes, names, batch_size, prompt_source,
-                    mask_tmp, prob_tmp, progress, chip_rows=(first, stop),
+                    backend,
+                    source,
+                    grid,
+                    classes,
+                    names,
+                    batch_size,
+                    prompt_source,
+                    mask_tmp,
+                    prob_tmp,
+                    progress,
+                    chip_rows=(first, stop),
                 )
     return part_path
 
@@ -213,14 +244,19 @@ def merge_parts(
     mask_tmp = scratch_path(out_path)
     prob_tmp = scratch_path(Path(probabilities_path)) if probability_parts else None
     scratch = [p for p in (mask_tmp, prob_tmp) if p is not None]
-    try:
-        _join(parts, mask_tmp)
-        if prob_tmp is not None:
-            _join(probability_parts, prob_tmp)
-        _finalise_outputs(mask_tmp, out_path, prob_tmp, probabilities_path, target_crs)
-    finally:
-        remove_all(scratch)
-    write_raster_qml(out_path, classes)
+    with contextlib.ExitStack() as locks:
+        for path in (out_path, probabilities_path if probability_parts else None):
+            if path is not None:
+                locks.enter_context(output_lock(path))
+        try:
+            with write_errors(out_path, scratch):
+                _join(parts, mask_tmp)
+                if prob_tmp is not None:
+                    _join(probability_parts, prob_tmp)
+            _finalise_outputs(mask_tmp, out_path, prob_tmp, probabilities_path, target_crs)
+        finally:
+            remove_all(scratch)
+        write_raster_qml(out_path, classes)
     return out_path
 
 
@@ -238,8 +274,9 @@ def _join(parts: Sequence[Path], out: Path) -> None:
     for part in parts:
         with rasterio.open(part) as dataset:
             height += dataset.height
-    with rasterio.open(out, "w", **tiled_profile(profile, height=height,
-                                                  transform=transform)) as dataset:
+    with rasterio.open(
+        out, "w", **tiled_profile(profile, height=height, transform=transform)
+    ) as dataset:
         dataset.update_tags(**tags)
         for i, description in enumerate(descriptions, start=1):
             dataset.set_band_description(i, description or "")
@@ -287,8 +324,9 @@ def _cache_bytes(source: RasterSource, grid: TileGrid) -> int:
 def _prompt_source(backend: Backend, source: RasterSource, prompts: str | Path | None):
     if not backend.capabilities().needs_prompts:
         if prompts is not None:
-            log.warning("backend %s takes no prompts; --prompts %s is ignored", backend.name,
-                        prompts)
+            log.warning(
+                "backend %s takes no prompts; --prompts %s is ignored", backend.name, prompts
+            )
         return None
     from geoseg import prompts as prompt_module
 
@@ -370,13 +408,19 @@ def _stream(
     start = max(0, first - margin_rows(grid))
     blender = ChipBlender(grid, channels, first_row=start)
     top0, height = finished_rows(grid, first, stop)
-    base = source.profile(count=1, dtype="uint8", nodata=IGNORE_INDEX, height=height,
-                          transform=source.transform * Affine.translation(0, top0))
+    base = source.profile(
+        count=1,
+        dtype="uint8",
+        nodata=IGNORE_INDEX,
+        height=height,
+        transform=source.transform * Affine.translation(0, top0),
+    )
     mask_file = rasterio.open(mask_tmp, "w", **tiled_profile(base))
     prob_file = None
     if prob_tmp is not None:
-        prob_profile = tiled_profile(base, count=channels, dtype="float32", nodata=float("nan"),
-                                     predictor=3)
+        prob_profile = tiled_profile(
+            base, count=channels, dtype="float32", nodata=float("nan"), predictor=3
+        )
         prob_file = rasterio.open(prob_tmp, "w", **prob_profile)
     total, done = (stop - first) * grid.n_cols, 0
     last_col = grid.n_cols - 1
@@ -391,8 +435,9 @@ def _stream(
             prob_writer = StripWriter(prob_file)
         # Reading the next batch overlaps with the backend's work on this one.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-read") as reader:
-            tiles = (grid.tile(row, col) for row in range(start, stop)
-                     for col in range(grid.n_cols))
+            tiles = (
+                grid.tile(row, col) for row in range(start, stop) for col in range(grid.n_cols)
+            )
             batches = _batches(source, tiles, names, batch_size, prompt_source)
             upcoming = reader.submit(next, batches, None)
             while True:
@@ -404,8 +449,7 @@ def _stream(
                     chips, probabilities = batch, None
                 else:
                     chips = batch.chips
-                    probabilities = _run_backend(backend, batch, band_names, channels,
-                                                 source.path)
+                    probabilities = _run_backend(backend, batch, band_names, channels, source.path)
                 for i, chip in enumerate(chips):
                     chip_probs = None if probabilities is None else probabilities[i]
                     top, left, finished = blender.add(chip.tile, chip_probs)
@@ -474,13 +518,20 @@ def _run_backend(
     return result.astype(np.float32, copy=False)
 
 
-def _finalise_outputs(mask_tmp: Path, out_path: Path, prob_tmp: Path | None,
-                      probabilities_path, target_crs) -> None:
+def _finalise_outputs(
+    mask_tmp: Path, out_path: Path, prob_tmp: Path | None, probabilities_path, target_crs
+) -> None:
     """Turn the streamed mask (and probabilities) into COGs under their final names."""
     _finalise(mask_tmp, out_path, target_crs, resampling="nearest")
     if prob_tmp is not None:
-        _finalise(prob_tmp, Path(probabilities_path), target_crs,
-                  resampling="average", compress="DEFLATE", predictor=True)
+        _finalise(
+            prob_tmp,
+            Path(probabilities_path),
+            target_crs,
+            resampling="average",
+            compress="DEFLATE",
+            predictor=True,
+        )
 
 
 def _finalise(tmp: Path, final: Path, dst_crs, *, resampling: str, **cog_options) -> None:
@@ -491,8 +542,13 @@ def _finalise(tmp: Path, final: Path, dst_crs, *, resampling: str, **cog_options
         return
     warped = scratch_path(final)
     try:
-        reproject_tiled(tmp, warped, dst_crs,
-                        Resampling.nearest if resampling == "nearest" else Resampling.bilinear)
+        with write_errors(final, [warped]):
+            reproject_tiled(
+                tmp,
+                warped,
+                dst_crs,
+                Resampling.nearest if resampling == "nearest" else Resampling.bilinear,
+            )
         with atomic_output(final) as out:
             write_cog(warped, out, resampling=resampling, **cog_options)
     finally:
@@ -510,8 +566,16 @@ def reproject_tiled(src: Path, dst: Path, dst_crs, resampling: Resampling) -> Pa
             dataset.profile, crs=dst_crs, transform=transform, width=width, height=height
         )
         with (
-            WarpedVRT(dataset, crs=dst_crs, transform=transform, width=width, height=height,
-                      resampling=resampling, src_nodata=nodata, nodata=nodata) as vrt,
+            WarpedVRT(
+                dataset,
+                crs=dst_crs,
+                transform=transform,
+                width=width,
+                height=height,
+                resampling=resampling,
+                src_nodata=nodata,
+                nodata=nodata,
+            ) as vrt,
             rasterio.open(dst, "w", **profile) as out,
         ):
             out.update_tags(**dataset.tags())
@@ -543,17 +607,61 @@ class PredictJob:
         return self.mask.with_suffix(".qml")
 
     def mask_complete(self) -> bool:
-        """Mask (and probabilities, when asked for) exist: predicting again is not needed."""
-        needed = [self.mask, self.style] + ([self.probabilities] if self.probabilities else [])
-        return all(path.is_file() for path in needed)
+        """The mask (and probabilities, when asked for) and its style are verified complete.
+
+        Verified, not merely present: the mask opens, every block is in the file, and its
+        grid is the source's (or, when reprojected, the grid ``--dst-crs`` gives the
+        source), so a file cut short by a full disk or an older version is redone.
+        """
+        for grid in self._expected_grids():
+            if output_complete(self.mask, count=1, dtype="uint8", **grid):
+                break
+        else:
+            return False
+        if not self.style.is_file() or self.style.stat().st_size == 0:
+            return False
+        return self.probabilities is None or output_complete(self.probabilities, **grid)
 
     def complete(self) -> bool:
-        return self.mask_complete() and (self.vector is None or self.vector.is_file())
+        """The whole job is done: ``mask_complete`` and the polygons (when asked for) read."""
+        if not self.mask_complete():
+            return False
+        return self.vector is None or output_complete(self.vector)
+
+    def _expected_grids(self) -> list[dict]:
+        """Grids (width, height, CRS, transform) the mask may have: the source's, or the
+        one reprojecting the source onto the mask's CRS gives; none without a readable mask
+        and source."""
+        if not self.mask.is_file():
+            return []
+        try:
+            with rasterio.open(self.mask) as mask, rasterio.open(self.source) as source:
+                grids = []
+                if mask.crs == source.crs:
+                    grids.append(
+                        dict(
+                            width=source.width,
+                            height=source.height,
+                            crs=source.crs,
+                            transform=source.transform,
+                        )
+                    )
+                transform, width, height = calculate_default_transform(
+                    source.crs, mask.crs, source.width, source.height, *source.bounds
+                )
+                grids.append(dict(width=width, height=height, crs=mask.crs, transform=transform))
+                return grids
+        except (rasterio.errors.RasterioError, OSError, ValueError):
+            return []
 
     def clean_partials(self) -> int:
-        """Delete temporary files an interrupted run of this job left; return how many."""
-        outputs = [self.mask] + [p for p in (self.vector, self.probabilities) if p is not None]
-        return sum(clean_partials(path.parent, path.stem) for path in outputs)
+        """Delete temporary files interrupted runs of this job left; return how many.
+
+        Those of an output another live run is writing stay (see ``atomic.clean_partials``).
+        """
+        outputs = [self.mask, self.style]
+        outputs += [p for p in (self.vector, self.probabilities) if p is not None]
+        return sum(clean_partials(path.parent, path.name) for path in outputs)
 
 
 def expand_sources(paths: Sequence[str | Path]) -> list[Path]:
@@ -565,8 +673,11 @@ def expand_sources(paths: Sequence[str | Path]) -> list[Path]:
         path = Path(raw)
         if path.is_dir():
             found = sorted(
-                p for p in path.iterdir()
-                if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES and not p.name.startswith(".")
+                p
+                for p in path.iterdir()
+                if p.is_file()
+                and p.suffix.lower() in RASTER_SUFFIXES
+                and not p.name.startswith(".")
             )
             if not found:
                 raise InputFileError(f"{path}: folder holds no .tif or .tiff files")
@@ -636,8 +747,10 @@ def plan_outputs(
         probs = mask.with_name(f"{mask.stem}_probabilities.tif") if probabilities else None
         for path in (mask, vec, probs):
             if path is not None and path.exists() and path.resolve() == source.resolve():
-                raise OutputError(f"{path}: the output would overwrite its source; choose "
-                                  f"another output name or folder")
+                raise OutputError(
+                    f"{path}: the output would overwrite its source; choose "
+                    f"another output name or folder"
+                )
             if path is not None:
                 _check_output_path(path)
         jobs.append(PredictJob(source, mask, vec, probs))

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,8 @@ import rasterio
 import rasterio.shutil
 from rasterio.windows import Window
 
-from geoseg.atomic import remove, temporary_name
+from geoseg.atomic import remove_all as remove_all  # re-exported: scratch clean-up
+from geoseg.atomic import temporary_name
 from geoseg.windows import Tile, TileGrid
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,12 @@ class BlendWeights:
 
     def __call__(self, tile: Tile) -> np.ndarray:
         """Weights (size, size) float32 of ``tile``."""
-        key = (tile.row > 0, tile.row < self.grid.n_rows - 1, tile.col > 0,
-               tile.col < self.grid.n_cols - 1)
+        key = (
+            tile.row > 0,
+            tile.row < self.grid.n_rows - 1,
+            tile.col > 0,
+            tile.col < self.grid.n_cols - 1,
+        )
         weights = self._cache.get(key)
         if weights is None:
             weights = np.outer(self.rows(tile.row), self.cols(tile.col)).astype(np.float32)
@@ -124,16 +128,15 @@ class ChipBlender:
         # would, once it starts early enough to see every chip over them (``margin_rows``).
         self._expected = (first_row, 0)
 
-    def add(
-        self, tile: Tile, probabilities: np.ndarray | None
-    ) -> tuple[int, int, np.ndarray]:
+    def add(self, tile: Tile, probabilities: np.ndarray | None) -> tuple[int, int, np.ndarray]:
         """Add a chip's probabilities (channels, size, size); None for a chip with no
         valid pixel. Returns (first row, first col, probabilities (C, rows, cols)) of the
         finished part of the raster."""
         grid, step, size = self.grid, self.grid.step, self.grid.size
         if (tile.row, tile.col) != self._expected:
-            raise ValueError(f"chip {(tile.row, tile.col)} added out of grid order; "
-                             f"expected {self._expected}")
+            raise ValueError(
+                f"chip {(tile.row, tile.col)} added out of grid order; expected {self._expected}"
+            )
         keep = size - step
         x0 = tile.col * step
         if probabilities is not None:
@@ -264,15 +267,6 @@ def write_cog(
 def scratch_path(final: Path) -> Path:
     """A hidden temporary name beside ``final`` for intermediate files."""
     return temporary_name(final)
-
-
-def remove_all(paths: Sequence[Path]) -> None:
-    """Delete temporary rasters and the ``.aux.xml`` files GDAL may have left beside them."""
-    for path in paths:
-        remove(path)
-        aux = Path(str(path) + ".aux.xml")
-        if aux.exists():
-            os.unlink(aux)
 
 
 def row_bands(height: int, rows: int) -> Iterator[tuple[int, int]]:

@@ -66,16 +66,24 @@ class GeosegGroup(click.Group):
     def invoke(self, ctx: click.Context):
         import rasterio
 
+        from geoseg.atomic import quiet_libtiff
+        from geoseg.signals import sigterm_interrupts
+
         try:
             # Inside an Env, GDAL's messages go to the "rasterio" logger instead of
             # straight to stderr, so -v decides whether a user sees them.
             # A bounded block cache: GDAL's default (5% of RAM) lets peak memory grow with
             # the raster for no gain, since chips are read once (overlaps stay cached).
             options = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MB << 20}
-            with rasterio.Env(**options):
+            with rasterio.Env(**options), sigterm_interrupts():
+                quiet_libtiff()  # a full disk is reported once, by geoseg, naming the file
                 return super().invoke(ctx)
         except GeosegError as exc:
             raise UserError(str(exc)) from None
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM: temporary files are already removed on the way up.
+            click.echo("geoseg: interrupted", err=True)
+            raise click.exceptions.Exit(1) from None
 
 
 @click.group(cls=GeosegGroup, context_settings={"help_option_names": ["-h", "--help"]})

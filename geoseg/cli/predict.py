@@ -164,6 +164,7 @@ def predict(
     from geoseg.distributed import BackendSpec, absolute_path
     from geoseg.errors import OptionError
     from geoseg.predict import expand_sources, plan_outputs
+    from geoseg.plugins import check_model_option
     from geoseg.raster import check_readable, parse_crs
 
     if scheduler is not None:
@@ -178,6 +179,7 @@ def predict(
     if prompts is not None and prompts != "auto":
         check_readable(prompts, what="prompts")
     parse_crs(dst_crs)
+    check_model_option(backend_name, model)
     if (min_area or simplify) and vector is None:
         raise OptionError("--min-area and --simplify shape the polygons of --vector; add --vector")
     source_paths = expand_sources(sources)
