@@ -40,6 +40,10 @@ class OutputBusyError(OutputError):
     """Another geoseg run is writing this output now; this run leaves it alone."""
 
 
+class SetupError(GeosegError):
+    """The environment geoseg runs in is broken, e.g. PROJ finds another PROJ's database."""
+
+
 class OptionError(GeosegError):
     """An option value is out of range or does not fit the other options."""
 

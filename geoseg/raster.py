@@ -25,7 +25,7 @@ from rasterio.warp import calculate_default_transform
 from rasterio.windows import Window
 
 from geoseg.bands import BandMap, band_map
-from geoseg.errors import InputFileError, MissingCRSError, OptionError
+from geoseg.errors import InputFileError, MissingCRSError, OptionError, SetupError
 from geoseg.windows import Tile
 
 RESAMPLING = {
@@ -58,10 +58,35 @@ def parse_crs(value: str | CRS | None, *, what: str = "--dst-crs") -> CRS | None
         text = f"EPSG:{text}"
     try:
         return CRS.from_user_input(text)
-    except (CRSError, ValueError):
+    except (CRSError, ValueError) as exc:
+        if "proj.db" in str(exc):
+            raise proj_database_error(str(exc), f"{what} {value!r}") from None
         raise OptionError(
             f"{what} {value!r} is not a CRS geoseg understands; use e.g. EPSG:32718"
         ) from None
+
+
+def proj_database_error(message: str, subject: str) -> SetupError:
+    """The error for PROJ failing on its database (``message``), e.g. another PROJ's.
+
+    Inside QGIS (and some conda setups) ``PROJ_DATA``/``PROJ_LIB`` point at the PROJ data
+    of another installation, whose ``proj.db`` this PROJ cannot read.
+    """
+    import re
+
+    found = re.search(r"(\S*proj\.db)", message)
+    database = found.group(1) if found else "proj.db"
+    reason = "comes from another PROJ installation" if "LAYOUT.VERSION" in message else (
+        "cannot be read"
+    )
+    settings = [f"{k}={os.environ[k]}" for k in ("PROJ_DATA", "PROJ_LIB") if os.environ.get(k)]
+    hint = (
+        f"unset {' and '.join(s.split('=')[0] for s in settings)} ({', '.join(settings)}) so "
+        f"geoseg uses its own PROJ data"
+        if settings
+        else "reinstall pyproj and rasterio in this environment"
+    )
+    return SetupError(f"{subject}: PROJ's database {database} {reason}; {hint}")
 
 
 def check_readable(path: str | Path, *, what: str = "raster") -> Path:

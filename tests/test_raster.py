@@ -82,3 +82,32 @@ def test_errors(tmp_path, make_raster):
         open_raster(bad)
     with pytest.raises(MissingCRSError, match="no CRS"):
         open_raster(make_raster("nocrs.tif", crs=None))
+
+
+def test_another_projs_database_is_named_not_blamed_on_the_crs(make_raster, tmp_path):
+    """Inside QGIS, PROJ_DATA points at QGIS's PROJ; its proj.db has another layout."""
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+
+    other = tmp_path / "other-proj"
+    other.mkdir()
+    with sqlite3.connect(other / "proj.db") as db:
+        db.execute("CREATE TABLE metadata (key TEXT, value TEXT)")
+        db.executemany(
+            "INSERT INTO metadata VALUES (?, ?)",
+            [("DATABASE.LAYOUT.VERSION.MAJOR", "1"), ("DATABASE.LAYOUT.VERSION.MINOR", "0")],
+        )
+    env = {**os.environ, "PROJ_DATA": str(other)}
+    env.pop("PROJ_LIB", None)
+    command = ["reproject", str(make_raster()), "-o", str(tmp_path / "out.tif")]
+    result = subprocess.run(
+        [sys.executable, "-m", "geoseg", *command, "--dst-crs", "EPSG:4326"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    [line] = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "another PROJ installation" in line
+    assert f"unset PROJ_DATA (PROJ_DATA={other})" in line and "not a CRS" not in line
