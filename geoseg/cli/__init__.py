@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import os
 import sys
+import warnings
 
 import click
 
@@ -80,10 +81,37 @@ class GeosegGroup(click.Group):
                 return super().invoke(ctx)
         except GeosegError as exc:
             raise UserError(str(exc)) from None
+        except click.UsageError as exc:
+            # One line like geoseg's own errors, instead of click's usage block.
+            raise UserError(_usage_line(exc)) from None
         except KeyboardInterrupt:
             # Ctrl-C or SIGTERM: temporary files are already removed on the way up.
             click.echo("geoseg: interrupted", err=True)
             raise click.exceptions.Exit(1) from None
+
+
+def _usage_line(exc: click.UsageError) -> str:
+    """A click usage error as one line that says where to find the usage."""
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    if message[:1].isupper() and not message[1:2].isupper():
+        message = message[0].lower() + message[1:]
+    command = exc.ctx.command_path if exc.ctx is not None else "geoseg"
+    return f"{message} (see {command} --help)"
+
+
+def _quiet_library_warnings() -> None:
+    """Keep warnings from rasterio and pyogrio off stderr; -v shows them again.
+
+    The cases they warn about are either handled by geoseg with its own message (a PNG
+    without georeferencing) or harmless to what geoseg does (a mask shadowing nodata in a
+    chip it wrote, the styles table beside a GeoPackage's polygons, read by layer name).
+    """
+    from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning
+
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+    warnings.filterwarnings("ignore", category=NodataShadowWarning)
+    warnings.filterwarnings("ignore", message="More than one layer found", module="pyogrio")
+    warnings.filterwarnings("ignore", message="'crs' was not provided", module="pyogrio")
 
 
 @click.group(cls=GeosegGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -95,6 +123,8 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="geoseg: %(levelname)s: %(message)s")
     # GDAL warnings about harmless TIFF quirks are noise unless asked for.
     logging.getLogger("rasterio").setLevel(logging.ERROR if verbose == 0 else level)
+    if verbose == 0:
+        _quiet_library_warnings()
 
 
 def main() -> None:
