@@ -388,6 +388,21 @@ def ensure_folder(folder: str | Path) -> Path:
     return folder
 
 
+def check_output_folder(folder: str | Path) -> None:
+    """Raise ``OutputError`` now, before any work, when ``folder`` could not take outputs:
+    its nearest existing ancestor is a file or is not writable. Creates nothing."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in [folder, *folder.parents] if p.exists())
+    if not existing.is_dir():
+        raise OutputError(f"{existing}: is a file, not a folder; choose another output folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        cause = errno.EROFS if _read_only_fs(existing) else errno.EACCES
+        raise OutputError(
+            f"{existing}: output folder is not writable ({os.strerror(cause)}); "
+            f"{WRITE_FAILURES[cause]}"
+        )
+
+
 def _read_only_fs(folder: Path) -> bool:
     with contextlib.suppress(OSError):
         return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)

@@ -282,6 +282,20 @@ def _chunk_sizes(extent: int, chunk: int) -> tuple[int, ...]:
     return (chunk,) * full + ((rest,) if rest else ())
 
 
+def index_complete(source: RasterSource, index: str, path: str | Path) -> bool:
+    """True when ``path`` already holds this index of ``source``, complete and intact."""
+    import rasterio
+
+    from geoseg.atomic import output_complete
+
+    grid = dict(width=source.width, height=source.height, crs=source.crs,
+                transform=source.transform)
+    if not output_complete(path, count=1, dtype="float32", **grid):
+        return False
+    with rasterio.open(path) as dataset:
+        return dataset.tags(1).get("index") == index.lower()
+
+
 def write_index(
     source: RasterSource,
     index: str,

@@ -14,7 +14,13 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from geoseg.atomic import atomic_output, ensure_folder
+from geoseg.atomic import (
+    atomic_output,
+    check_output_folder,
+    ensure_folder,
+    output_complete,
+    write_errors,
+)
 from geoseg.errors import InputFileError, MissingCRSError, OutputError
 from geoseg.labels import is_vector
 from geoseg.raster import check_readable, open_raster, parse_crs
@@ -187,7 +193,8 @@ def reproject_vector(src: str | Path, dst: str | Path, dst_crs: str | CRS, *, ov
         ensure_folder(dst.parent)
         with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".reproject-") as scratch:
             scratch_path = Path(scratch) / dst.name
-            frames[0][1].to_file(scratch_path, driver=driver, engine="pyogrio")
+            with write_errors(dst, [Path(scratch)]):
+                frames[0][1].to_file(scratch_path, driver=driver, engine="pyogrio")
             for part in Path(scratch).iterdir():
                 shutil.move(part, dst.parent / part.name)
         return dst
@@ -200,8 +207,16 @@ def reproject_vector(src: str | Path, dst: str | Path, dst_crs: str | CRS, *, ov
     return dst
 
 
+def reproject_complete(src: str | Path, dst: str | Path, dst_crs: str | CRS) -> bool:
+    """True when ``dst`` already holds ``src`` reprojected to ``dst_crs``, complete and intact."""
+    if is_vector(src):
+        return output_complete(dst)
+    return output_complete(dst, crs=parse_crs(dst_crs))
+
+
 def _check_output(dst: Path, overwrite: bool) -> None:
     if dst.is_dir():
         raise OutputError(f"{dst}: is a folder; give an output file name")
     if dst.exists() and not overwrite:
         raise OutputError(f"{dst}: exists; pass --overwrite to replace it")
+    check_output_folder(dst.parent)

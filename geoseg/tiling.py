@@ -21,7 +21,13 @@ import numpy as np
 import rasterio
 
 from geoseg import __version__
-from geoseg.atomic import atomic_output, clean_partials, ensure_folder
+from geoseg.atomic import (
+    atomic_output,
+    clean_partials,
+    ensure_folder,
+    output_complete,
+    output_lock,
+)
 from geoseg.batch import Failure
 from geoseg.classes import IGNORE_INDEX, ClassMap
 from geoseg.dataset import (
@@ -170,6 +176,7 @@ def tile_sources(
     opened: list[tuple[RasterSource, TileGrid, object]] = []
     # Folders this call creates, removed again if it fails before filling them.
     created = [d for d in (out_dir, out_dir / IMAGES_DIR, out_dir / LABELS_DIR) if not d.exists()]
+    held = contextlib.ExitStack()
     try:
         for path in sources:
             try:
@@ -195,6 +202,9 @@ def tile_sources(
 
         images_dir = ensure_folder(out_dir / IMAGES_DIR)
         labels_dir = ensure_folder(out_dir / LABELS_DIR) if settings.labels else None
+        # The chip set is one output: a second run into the same folder leaves it alone,
+        # and only then are an interrupted run's temporary chips removed.
+        held.enter_context(output_lock(out_dir / DATASET_FILE, name=out_dir))
         for folder in (images_dir, labels_dir):
             if folder is not None:
                 clean_partials(folder)
@@ -249,6 +259,7 @@ def tile_sources(
         _remove_empty(created)
         raise
     finally:
+        held.close()
         for entry in opened:
             _close(entry)
 
@@ -396,11 +407,11 @@ def _tile_one(
     name = tile.name(source.path.stem, grid.digits) + ".tif"
     image_path = images_dir / name
     label_path = labels_dir / name if labels_dir is not None else None
-    complete = image_path.exists() and (label_path is None or label_path.exists())
-    if complete and not settings.overwrite:
-        valid_fraction = _stored_valid_fraction(image_path)
-        if label_path is not None:
-            _count_classes(summary.class_pixels, _read_band(label_path))
+    stored = None if settings.overwrite else _stored_chip(image_path, label_path, tile, source)
+    if stored is not None:
+        valid_fraction, label_ids = stored
+        if label_ids is not None:
+            _count_classes(summary.class_pixels, label_ids)
         summary.reused += 1
     else:
         chip = source.read_chip(tile)
@@ -470,14 +481,26 @@ def _write_label_chip(
             dst.update_tags(**{f"CLASS_{c.id}": c.name for c in classes})
 
 
-def _stored_valid_fraction(path: Path) -> float:
-    with rasterio.open(path) as src:
-        return float((src.dataset_mask() > 0).mean())
-
-
-def _read_band(path: Path) -> np.ndarray:
-    with rasterio.open(path) as src:
-        return src.read(1)
+def _stored_chip(
+    image_path: Path, label_path: Path | None, tile: Tile, source: RasterSource
+) -> tuple[float, np.ndarray | None] | None:
+    """(valid fraction, label ids) of a chip already on disk, or None when it must be
+    (re)written: missing, cut short by a full disk or a crash, or not this tile's grid."""
+    grid = dict(width=tile.width, height=tile.height, crs=tile.crs, transform=tile.transform)
+    if not output_complete(image_path, count=source.count, **grid):
+        return None
+    if label_path is not None and not output_complete(label_path, count=1, **grid):
+        return None
+    try:
+        with rasterio.open(image_path) as src:
+            valid_fraction = float((src.dataset_mask() > 0).mean())
+        label_ids = None
+        if label_path is not None:
+            with rasterio.open(label_path) as src:
+                label_ids = src.read(1)
+    except (rasterio.errors.RasterioError, OSError):
+        return None  # damaged inside; written again
+    return valid_fraction, label_ids
 
 
 def _count_classes(counter: Counter, label_ids: np.ndarray) -> None:

@@ -46,9 +46,14 @@ def test_resolution_and_overwrite(make_raster, invoke, tmp_path):
     invoke("reproject", src, "-o", dst, "--dst-crs", "EPSG:32614", "--resolution", 20, "-q")
     with rasterio.open(dst) as out:
         assert out.res == (20, 20) and out.width == 25
-    result = invoke("reproject", src, "-o", dst, "--dst-crs", "EPSG:32614", expect=2)
-    assert "--overwrite" in result.output
+    before = dst.stat().st_mtime_ns
+    # The one overwrite rule: a complete output is skipped, --overwrite redoes it.
+    result = invoke("reproject", src, "-o", dst, "--dst-crs", "EPSG:32614")
+    assert "complete, skipped (--overwrite redoes it)" in result.output
+    assert dst.stat().st_mtime_ns == before
     invoke("reproject", src, "-o", dst, "--dst-crs", "EPSG:32614", "--overwrite", "-q")
+    with rasterio.open(dst) as out:
+        assert out.res == (10, 10)
 
 
 @pytest.mark.parametrize("suffix", [".gpkg", ".geojson", ".shp"])

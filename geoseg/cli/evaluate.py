@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.options import quiet_option
+from geoseg.cli.options import echo_skipped, overwrite_option, quiet_option
 from geoseg.cli.predict import ChipProgress
 
 
@@ -40,26 +40,34 @@ from geoseg.cli.predict import ChipProgress
     "json_path",
     type=click.Path(path_type=Path),
     default=None,
-    help="Also write the results as JSON.",
+    help="Also write the results as JSON (a complete one is skipped: see --overwrite).",
 )
+@overwrite_option
 @quiet_option
-def evaluate(prediction, labels, classes, label_field, unlabeled, json_path, quiet):
+def evaluate(prediction, labels, classes, label_field, unlabeled, json_path, overwrite, quiet):
     """Per-class IoU, F1, precision, recall, overall accuracy and confusion matrix.
 
     LABELS is a class raster (any grid or CRS; nearest resampling onto the prediction)
     or a vector file of labelled polygons (rasterized; uncovered pixels count as class
     0, or with --unlabeled ignore are left out). 255 and nodata in either file are left
     out. Labels that do not overlap the prediction are an error. A class without label
-    pixels is marked in the table and left out of the mean IoU.
+    pixels is marked in the table and left out of the mean IoU. With --json, a complete
+    JSON file is skipped, evaluation and all (--overwrite redoes it); an incomplete one
+    is redone.
 
     \b
     Example:
       geoseg evaluate water.tif lakes.gpkg --json scores.json
     """
-    from geoseg.atomic import atomic_output
+    from geoseg.atomic import atomic_output, check_output_folder, output_complete
     from geoseg.classes import ClassMap
     from geoseg.evaluate import evaluate_mask
 
+    if json_path is not None:
+        check_output_folder(json_path.parent)
+        if not overwrite and output_complete(json_path):
+            echo_skipped(json_path)
+            return
     class_map = ClassMap.read(classes) if classes else None
     with ChipProgress(prediction.name, quiet=quiet, unit="window") as bar:
         result = evaluate_mask(

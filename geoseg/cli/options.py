@@ -126,8 +126,16 @@ resolution_option = click.option(
     help="Output pixel size in units of the output CRS.",
 )
 overwrite_option = click.option(
-    "--overwrite", is_flag=True, help="Redo outputs that already exist instead of skipping them."
+    "--overwrite",
+    is_flag=True,
+    help="Redo outputs that are complete. Without it a complete output is skipped (and "
+    "said so); an incomplete or damaged one is always redone.",
 )
+
+
+def echo_skipped(path) -> None:
+    """The one line for an output that is complete and kept (see ``overwrite_option``)."""
+    click.echo(f"{path}: complete, skipped (--overwrite redoes it)", err=True)
 fail_fast_option = click.option(
     "--fail-fast",
     is_flag=True,

@@ -16,6 +16,7 @@ from geoseg.cli.options import (
     device_option,
     dst_crs_option,
     echo_failure,
+    echo_skipped,
     fail_fast_option,
     finish_batch,
     model_option,
@@ -212,7 +213,7 @@ def predict(
     pending = []
     for job in jobs:
         if job.complete() and not overwrite:
-            click.echo(f"{job.mask}: exists, skipped (--overwrite redoes it)", err=True)
+            echo_skipped(job.mask)
         else:
             pending.append(job)
     report = BatchReport()

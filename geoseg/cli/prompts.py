@@ -10,10 +10,12 @@ import click
 from geoseg.cli.options import (
     Progress,
     bands_option,
+    echo_skipped,
     hsv_options,
     hsv_params,
     index_option,
     overlap_option,
+    overwrite_option,
     quiet_option,
     seed_option,
     size_option,
@@ -130,6 +132,7 @@ from geoseg.cli.options import (
     default=None,
     help="Also write a PNG: image, mask outline, points and boxes.",
 )
+@overwrite_option
 @quiet_option
 def prompts(
     src,
@@ -155,6 +158,7 @@ def prompts(
     saturation,
     value,
     preview,
+    overwrite,
     quiet,
 ):
     """Draw prompts for SRC from a water index and write them to OUTPUT.
@@ -163,7 +167,8 @@ def prompts(
     removed, small holes filled), then each chip of the --size/--overlap grid gets
     positive points inside water eroded by --erode, optional negative points, and boxes.
     Open OUTPUT in QGIS to check or edit the prompts, then give it to
-    geoseg predict --prompts.
+    geoseg predict --prompts. A complete OUTPUT (and --preview) is skipped (--overwrite
+    redoes it); an incomplete one is redone.
 
     \b
     Examples:
@@ -171,6 +176,7 @@ def prompts(
       geoseg prompts landsat.tif -o prompts.gpkg --index mndwi --min-size 30 \\
           --bands swir1=1,nir=2,red=3,green=4
     """
+    from geoseg.atomic import check_output_folder, output_complete
     from geoseg.errors import OutputError
     from geoseg.prompts import (
         PromptSettings,
@@ -186,6 +192,12 @@ def prompts(
     check_prompts_path(out)
     if preview is not None and (preview.is_dir() or preview.suffix.lower() != ".png"):
         raise OutputError(f"{preview}: --preview must be a file name ending in .png")
+    for path in (out, preview):
+        if path is not None:
+            check_output_folder(path.parent)
+    if not overwrite and output_complete(out) and (preview is None or output_complete(preview)):
+        echo_skipped(out)
+        return
     settings = PromptSettings(
         index=index,
         threshold=threshold,

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.options import Progress, overwrite_option, quiet_option, resolution_option
+from geoseg.cli.options import (
+    Progress,
+    echo_skipped,
+    overwrite_option,
+    quiet_option,
+    resolution_option,
+)
 
 
 @click.command(short_help="Reproject a raster or a vector file.")
@@ -24,13 +30,18 @@ def reproject(src, dst, dst_crs, resolution, resampling, overwrite, quiet):
     """Reproject SRC to --dst-crs, window by window for rasters.
 
     Rasters are written tiled and compressed; vector files (chosen by extension) are
-    reprojected layer by layer.
+    reprojected layer by layer. A complete OUTPUT in --dst-crs is skipped (--overwrite
+    redoes it); an incomplete one is redone.
     """
     from geoseg.reproject import reproject as run
+    from geoseg.reproject import reproject_complete
 
+    if not overwrite and reproject_complete(src, dst, dst_crs):
+        echo_skipped(dst)
+        return
     with Progress("reprojecting", quiet=quiet, unit="block") as bar:
         out = run(
             src, dst, dst_crs, resolution=resolution, resampling=resampling,
-            overwrite=overwrite, on_start=bar.start, progress=bar.update,
+            overwrite=True, on_start=bar.start, progress=bar.update,
         )
     click.echo(str(out))

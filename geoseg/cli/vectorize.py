@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.options import overwrite_option, quiet_option
+from geoseg.cli.options import echo_skipped, overwrite_option, quiet_option
 from geoseg.cli.predict import ChipProgress
 
 
@@ -28,21 +28,24 @@ def vectorize(mask, output, min_area, simplify, include_background, classes, ove
     """Write one polygon per connected region of each class of MASK to layer 'classes'.
 
     Attributes: class_id, class_name, area_m2, perimeter_m (metres also for a
-    geographic CRS). The ignore value 255 is never vectorized.
+    geographic CRS). The ignore value 255 is never vectorized. A complete OUTPUT is
+    skipped (--overwrite redoes it); an incomplete one is redone.
 
     \b
     Example:
       geoseg vectorize water.tif -o lakes.gpkg --min-area 500 --simplify 2.5
     """
+    from geoseg.atomic import check_output_folder, output_complete
     from geoseg.classes import ClassMap
-    from geoseg.errors import OutputError
     from geoseg.raster import check_readable
     from geoseg.vectorize import vectorize_mask
 
     check_readable(mask, what="mask raster")
     output = output or mask.with_suffix(".gpkg")
-    if output.exists() and not overwrite:
-        raise OutputError(f"{output}: exists; pass --overwrite to replace it")
+    check_output_folder(output.parent)
+    if not overwrite and output_complete(output):
+        echo_skipped(output)
+        return
     class_map = ClassMap.read(classes) if classes else None
     with ChipProgress(mask.name, quiet=quiet, unit="window") as bar:
         vectorize_mask(mask, output, classes=class_map, min_area=min_area, simplify=simplify,
