@@ -2,9 +2,12 @@
 
 A source that fails, with bad input (a ``GeosegError``) or a bug, becomes a ``Failure``
 and the other sources go on, in one process exactly as on a cluster; a job's exit code is
-2 when every failure is bad input and 1 when any is internal. ``predict_job`` is the one
-sequence (predict the mask unless it is complete, then its polygons) that both the
-one-process loop and the cluster's tasks run for a source.
+2 when every failure is bad input and 1 when any is internal. An error that concerns the
+whole command rather than one source (an option, the backend or model, an output folder
+that cannot be written: ``stops_job``) stops the job at once, as ``--fail-fast`` does
+for every error. ``predict_job`` is the one sequence (predict the mask unless it is
+complete, then its polygons) that both the one-process loop and the cluster's tasks run
+for a source.
 """
 
 from __future__ import annotations
@@ -15,29 +18,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from geoseg.errors import GeosegError
+from geoseg import errors
+from geoseg.errors import BackendError, GeosegError, OptionError, OutputError
 
 if TYPE_CHECKING:
     from geoseg.backend import Backend
     from geoseg.predict import PredictJob
 
 
+def stops_job(exc: BaseException) -> bool:
+    """Whether ``exc`` concerns the whole command (every source would fail the same way).
+
+    Options, the backend and its model, and outputs that cannot be written; not an
+    output another run is writing now (``OutputBusyError``), which concerns that one.
+    """
+    busy = getattr(errors, "OutputBusyError", ())
+    return isinstance(exc, (OptionError, BackendError, OutputError)) and not isinstance(exc, busy)
+
+
 @dataclass(frozen=True)
 class Failure:
     """A source that failed: why, and whether it is a user error (bad input).
 
-    ``details``: the traceback of an internal error (a bug), else empty.
+    ``details``: the traceback of an internal error (a bug), else empty. ``stops_job``:
+    the error concerns the whole command (see ``stops_job``).
     """
 
     source: Path
     reason: str
     user_error: bool
     details: str = ""
+    stops_job: bool = False
 
     @classmethod
     def from_exception(cls, source: str | Path, exc: BaseException) -> Failure:
         if isinstance(exc, GeosegError):
-            return cls(Path(source), str(exc), True)
+            return cls(Path(source), str(exc), True, stops_job=stops_job(exc))
         details = "".join(traceback.format_exception(exc))
         return cls(Path(source), f"{type(exc).__name__}: {exc}", False, details)
 
@@ -49,7 +65,9 @@ class Failure:
         return f"{self.source}: {reason}"
 
     def error(self) -> Exception:
-        """The failure as an exception to raise (``--fail-fast``)."""
+        """The failure as an exception to raise (``--fail-fast``, ``stops_job``)."""
+        if self.stops_job:
+            return GeosegError(self.reason)
         if self.user_error:
             return GeosegError(self.describe())
         return RuntimeError(f"{self.describe()}\n{self.details}")

@@ -432,7 +432,8 @@ def predict_on_cluster(
     keeps every worker busy). ``on_start(total_chips)`` is called once the rasters are
     planned, ``progress(chips)`` as chips finish anywhere, ``on_done(job)`` and
     ``on_failure(failure)`` as each raster ends. With ``fail_fast`` the first failure
-    cancels the tasks not yet finished and is raised (``Failure.error``).
+    cancels the tasks not yet finished and is raised (``Failure.error``), as a failure that
+    concerns the whole command (``Failure.stops_job``) always is.
     """
     from distributed import as_completed
 
@@ -444,7 +445,7 @@ def predict_on_cluster(
     finals: dict[object, tuple[_Plan, list[Path]]] = {}
 
     def failed(failure: Failure) -> None:
-        if fail_fast:
+        if fail_fast or failure.stops_job:
             client.cancel([*planning, *tasks, *finals])
             raise failure.error()
         report.failed.append(failure)
@@ -583,7 +584,8 @@ def tile_runner(
     Sources are submitted largest first; results (a ``Failure`` for a source that
     failed) come back in source order once every task has ended. With ``fail_fast`` the
     first failure cancels the other tasks and is raised. Chips already written are kept
-    and reused by a re-run.
+    and reused by a re-run. A failure that concerns the whole command
+    (``Failure.stops_job``) is raised in the same way.
     """
     from distributed import as_completed
 
@@ -614,7 +616,7 @@ def tile_runner(
                 index = futures.index(future)
                 results[index] = _outcome(future, paths[index])
                 if isinstance(results[index], Failure):
-                    if fail_fast:
+                    if fail_fast or results[index].stops_job:
                         client.cancel(futures)
                         raise results[index].error()
                 else:

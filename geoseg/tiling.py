@@ -28,7 +28,7 @@ from geoseg.atomic import (
     output_complete,
     output_lock,
 )
-from geoseg.batch import Failure
+from geoseg.batch import Failure, stops_job
 from geoseg.classes import IGNORE_INDEX, ClassMap
 from geoseg.dataset import (
     DATASET_FILE,
@@ -152,7 +152,8 @@ def tile_sources(
     for a source that failed) in source order. A failed source goes to
     ``on_failure(failure)`` and ``TileSummary.failed``; tiles.gpkg and dataset.json are
     written for the others, and not at all when none is left. With ``fail_fast`` the
-    first failure is raised instead.
+    first failure is raised instead, as an error that concerns the whole command
+    (``geoseg.batch.stops_job``: an option, an output folder) always is.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -167,7 +168,7 @@ def tile_sources(
     summary = TileSummary(out_dir)
 
     def failed(path: str | Path, exc: Exception) -> None:
-        if fail_fast:
+        if fail_fast or stops_job(exc):
             raise exc
         summary.failed.append(Failure.from_exception(path, exc))
         if on_failure is not None:
@@ -218,7 +219,7 @@ def tile_sources(
                         source, grid, labels, images_dir, labels_dir, settings, progress
                     )
                 except Exception as exc:
-                    if fail_fast:
+                    if fail_fast or stops_job(exc):
                         raise
                     result = Failure.from_exception(source.path, exc)
                 yield result
@@ -231,7 +232,7 @@ def tile_sources(
         tiled = []
         for (source, grid, labels), result in zip(opened, results, strict=True):
             if isinstance(result, Failure):
-                if fail_fast:
+                if fail_fast or result.stops_job:
                     raise result.error()
                 summary.failed.append(result)
                 if on_failure is not None:
@@ -459,7 +460,7 @@ def _chip_profile(tile: Tile, count: int, dtype: str, nodata, compress: str) -> 
 def _write_image_chip(path: Path, source: RasterSource, chip: Chip, compress: str) -> None:
     profile = _chip_profile(chip.tile, source.count, source.dtype.name, source.nodata, compress)
     needs_mask = source.nodata is None and not chip.valid.all()
-    with atomic_output(path) as tmp:
+    with atomic_output(path, lock=False) as tmp:  # tile_sources locks the chip set
         env = rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True) if needs_mask else rasterio.Env()
         with env, rasterio.open(tmp, "w", **profile) as dst:
             dst.write(chip.data)
@@ -473,7 +474,7 @@ def _write_label_chip(
     path: Path, tile: Tile, label_ids: np.ndarray, classes: ClassMap | None, compress: str
 ) -> None:
     profile = _chip_profile(tile, 1, "uint8", IGNORE_INDEX, compress)
-    with atomic_output(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_output(path, lock=False) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.write(label_ids, 1)
         dst.set_band_description(1, "class")
         if classes is not None:

@@ -256,6 +256,71 @@ def test_tiling_on_the_cluster_gives_the_same_dataset(client, invoke, tmp_path):
             assert (one / folder / name).read_bytes() == (cluster / folder / name).read_bytes()
 
 
+def test_relative_paths_reach_workers_that_run_elsewhere(client, invoke, tmp_path, monkeypatch):
+    """Workers of an external cluster have their own working directory: paths go absolute."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    worker_dirs = set(client.run(os.getcwd).values())
+    assert str(tmp_path) not in worker_dirs  # the cluster was started in another folder
+    Path("scenes").mkdir()
+    for i in range(2):
+        water_scene(Path("scenes") / f"s{i}.tif", 100, 90, seed=i)
+    labels = np.zeros((90, 100), np.uint8)
+    labels[:, 50:] = 1
+    write_raster(
+        Path("labels.tif"),
+        labels,
+        crs="EPSG:26915",
+        transform=Affine(0.6, 0, 350000, 0, -0.6, 4500000),
+    )
+    address = ("--scheduler", client.scheduler.address, "-q")
+    result = invoke(
+        "predict",
+        "scenes",
+        "-o",
+        "masks",
+        "--backend",
+        SPECTRAL,
+        "--size",
+        "64",
+        "--vector",
+        *address,
+    )
+    assert "2 done, 0 failed, 0 already complete" in result.output
+    assert f"mask: {tmp_path / 'masks' / 's0.tif'}" in result.output
+    assert sorted(p.name for p in Path("masks").glob("*.gpkg")) == ["s0.gpkg", "s1.gpkg"]
+    invoke(
+        "tile",
+        "scenes/s0.tif",
+        "scenes/s1.tif",
+        "-o",
+        "chips",
+        "--size",
+        "48",
+        "--overlap",
+        "8",
+        "--labels",
+        "labels.tif",
+        *address,
+    )
+    info = json.loads(Path("chips/dataset.json").read_text())
+    assert info["counts"]["chips"] > 0 and info["labels"] == str(tmp_path / "labels.tif")
+    assert len(list(Path("chips/labels").iterdir())) == info["counts"]["chips"]
+    for folder in worker_dirs:  # nothing went to the workers' own folders
+        assert not (Path(folder) / "masks").exists() and not (Path(folder) / "chips").exists()
+
+
+def test_workers_that_do_not_see_the_files_are_one_line(client, tmp_path):
+    from geoseg.distributed import check_worker_access
+    from geoseg.errors import OptionError
+
+    check_worker_access(client, [tmp_path], [tmp_path / "new" / "masks"])  # fine: no error
+    with pytest.raises(OptionError, match=r"workers do not see .*gone\.tif \(and 1 more\); "):
+        check_worker_access(client, [tmp_path / "gone.tif", tmp_path / "also.tif"], [tmp_path])
+    assert not list(tmp_path.glob(".geoseg-probe-*"))
+
+
 def test_scheduler_that_does_not_exist_is_one_line(invoke, tmp_path):
     source = water_scene(tmp_path / "scene.tif", 64, 64, seed=1)
     result = invoke(

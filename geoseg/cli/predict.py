@@ -164,8 +164,8 @@ def predict(
     from geoseg.batch import BatchReport, PredictOptions
     from geoseg.distributed import BackendSpec, absolute_path
     from geoseg.errors import OptionError
-    from geoseg.predict import expand_sources, plan_outputs
     from geoseg.plugins import check_model_option
+    from geoseg.predict import expand_sources, plan_outputs
     from geoseg.raster import check_readable, parse_crs
 
     if scheduler is not None:
@@ -235,13 +235,13 @@ def _echo_done(job, write=click.echo) -> None:
 
 def _predict_here(pending, backend, spec, settings, fail_fast, quiet):
     """The one-process loop: every source checked first, then predicted one by one."""
-    from geoseg.batch import BatchReport, Failure, predict_job
+    from geoseg.batch import BatchReport, Failure, predict_job, stops_job
     from geoseg.predict import prediction_grid
 
     report = BatchReport()
 
     def failed(job, exc) -> None:
-        if fail_fast:
+        if fail_fast or stops_job(exc):
             raise exc
         report.failed.append(Failure.from_exception(job.source, exc))
         echo_failure(report.failed[-1])
