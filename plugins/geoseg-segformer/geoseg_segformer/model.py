@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import socket
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -137,6 +139,8 @@ def load_pretrained(checkpoint: str, classes: ClassMap | None = None):
     looks_local = (
         local.exists() or checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") > 1
     )
+    if looks_local:
+        refuse_pickles(local)
     if looks_local and not (local / "config.json").is_file():
         raise WeightsError(
             f"{checkpoint}: not a model folder (no config.json); give a folder written by "
@@ -158,6 +162,9 @@ def load_pretrained(checkpoint: str, classes: ClassMap | None = None):
             # adapter_config.json with local_files_only=True, and offline machines would
             # wait through its connection retries.
             return _from_pretrained(str(snapshot), kwargs)
+        if hub_unreachable():
+            # Asking anyway costs about 50 s of retries and a screen of HTTP errors.
+            raise OSError("hub unreachable (offline)")
         return _from_pretrained(checkpoint, kwargs)
     except OSError as exc:
         reason = _first_line(exc)
@@ -188,15 +195,68 @@ def cached_snapshot(repo_id: str) -> Path | None:
     if not isinstance(config, str):
         return None
     snapshot = Path(config).parent
-    has_weights = any(snapshot.glob("*.safetensors")) or any(snapshot.glob("*.bin"))
-    return snapshot if has_weights else None
+    return snapshot if any(snapshot.glob("*.safetensors")) else None
+
+
+#: Seconds a probe of the hub may take before geoseg calls it unreachable.
+HUB_PROBE_TIMEOUT = 3.0
+#: Suffixes of PyTorch pickle files (weights, optimizer states, whole checkpoints).
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def hub_unreachable() -> bool:
+    """True when offline mode is on or the hub does not answer within a few seconds."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return True
+    host = urlparse(os.environ.get("HF_ENDPOINT", constants.ENDPOINT)).hostname
+    try:
+        socket.create_connection((host or "huggingface.co", 443), HUB_PROBE_TIMEOUT).close()
+    except OSError:
+        return True
+    return False
+
+
+def refuse_pickles(path: Path) -> None:
+    """Raise ``WeightsError`` for weights that are PyTorch pickles, never loading them.
+
+    A pickle can run code when it is loaded; geoseg loads safetensors only. ``path`` is a
+    file given as the model, or a model folder holding pickles and no safetensors.
+    """
+    if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
+        found, folder = path, path.parent
+    elif path.is_dir() and not any(path.glob("*.safetensors")):
+        pickles = sorted(p for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+        if not pickles:
+            return
+        found, folder = pickles[0], path
+    else:
+        return
+    if (folder / "config.json").is_file():
+        fix = (
+            f"where you trust the file, convert the folder: python -c \"from transformers "
+            f"import AutoModelForSemanticSegmentation as M; M.from_pretrained('{folder}')"
+            f".save_pretrained('{folder}-safe')\" and pass --model {folder}-safe"
+        )
+    else:
+        fix = "pass --model a folder written by save_pretrained or geoseg train"
+    raise WeightsError(
+        f"{found}: a PyTorch pickle; geoseg loads safetensors only (a pickle can run code "
+        f"when loaded); {fix}"
+    )
 
 
 def _from_pretrained(source: str, kwargs: dict[str, Any], **options: Any):
     from transformers import AutoModelForSemanticSegmentation
 
     with quiet_transformers():
-        return AutoModelForSemanticSegmentation.from_pretrained(source, **kwargs, **options)
+        # Never the pickle fallback (pytorch_model.bin) a checkpoint may also carry.
+        return AutoModelForSemanticSegmentation.from_pretrained(
+            source, use_safetensors=True, **kwargs, **options
+        )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -356,6 +416,7 @@ def load_for_prediction(model: str, device: str = "cpu", *, merge: bool = True):
     checkpoint (hub id or folder) with a trained semantic-segmentation head.
     """
     folder = Path(model).expanduser()
+    refuse_pickles(folder)
     if (folder / SETTINGS_FILE).is_file():
         settings = ModelSettings.read(folder)
         if settings.lora:
