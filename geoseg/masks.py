@@ -18,8 +18,8 @@ import numpy as np
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from geoseg.errors import InputFileError, OptionError
-from geoseg.indices import INDEX_RANGES, check_bands, compute_index, required_bands
+from geoseg.errors import OptionError
+from geoseg.indices import check_bands, required_bands
 
 if TYPE_CHECKING:
     from geoseg.raster import RasterSource
@@ -86,17 +86,17 @@ def area_pixels(value: str | int | float | Area, source: Any, *, what: str = "--
 
 
 def parse_threshold(threshold: str | float) -> str | float:
-    """``"otsu"`` or a float, from a command-line value."""
+    """``"auto"``, ``"otsu"`` or a float, from a command-line value."""
     if isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
         return float(threshold)
     text = str(threshold).strip().lower()
-    if text == "otsu":
-        return "otsu"
+    if text in ("auto", "otsu"):
+        return text
     try:
         return float(text)
     except ValueError:
         raise OptionError(
-            f"--threshold {threshold!r} must be 'otsu' or a number such as 0.1"
+            f"--threshold {threshold!r} must be 'auto', 'otsu' or a number such as 0.1"
         ) from None
 
 
@@ -106,6 +106,18 @@ def _windows(source: RasterSource, size: int = 512):
             yield Window(
                 col0, row0, min(size, source.width - col0), min(size, source.height - row0)
             )
+
+
+def sampled_windows(
+    source: RasterSource, max_windows: int = 256, window_size: int = 512, seed: int = 0
+) -> list[Window]:
+    """Windows covering ``source``, or a seeded random ``max_windows`` of them spread over it."""
+    windows = list(_windows(source, window_size))
+    if len(windows) > max_windows:
+        rng = np.random.default_rng(seed)
+        picked = np.sort(rng.choice(len(windows), size=max_windows, replace=False))
+        windows = [windows[i] for i in picked]
+    return windows
 
 
 def index_histogram(
@@ -122,55 +134,37 @@ def index_histogram(
     Rasters with more than ``max_windows`` windows are sampled: a seeded random subset of
     that many windows spread over the whole raster.
     """
+    from geoseg.water import WaterRule, raster_reflectance, rule_histogram
+
     index = index.lower()
+    required_bands(index)
     check_bands(index, source.band_names, source=str(source.path))
-    names = required_bands(index)
-    low, high = INDEX_RANGES[index]
-    edges = np.linspace(low, high, HISTOGRAM_BINS + 1)
-    counts = np.zeros(HISTOGRAM_BINS, np.int64)
-    windows = list(_windows(source, window_size))
-    if len(windows) > max_windows:
-        rng = np.random.default_rng(seed)
-        picked = np.sort(rng.choice(len(windows), size=max_windows, replace=False))
-        windows = [windows[i] for i in picked]
-    for window in windows:
-        data, valid = source.read(window, names)
-        values = compute_index(data, names, index, valid, **params)
-        values = values[np.isfinite(values)]
-        counts += np.histogram(np.clip(values, low, high), bins=edges)[0]
-    return counts, (edges[:-1] + edges[1:]) / 2
+    rule = WaterRule(
+        index,
+        0.0,
+        reflectance=raster_reflectance(source),
+        band_names=source.band_names,
+        index_params=params,
+    )
+    return rule_histogram(source, rule, max_windows=max_windows, window_size=window_size, seed=seed)
 
 
 def raster_threshold(
     source: RasterSource, index: str, threshold: str | float = "otsu", **params: Any
 ) -> float:
-    """The index threshold for the whole raster: ``threshold`` itself, or Otsu's.
+    """The index threshold for the whole raster: ``threshold`` itself, Otsu's or ``auto``.
 
-    Otsu's threshold comes from one histogram of valid pixels over the whole raster (see
-    ``index_histogram``; ``max_windows``, ``window_size`` and ``seed`` go there, other
-    ``params`` to the index).
+    ``auto`` is Otsu's where the histogram is bimodal, else the index's physical
+    threshold (see ``geoseg.water.fit_water_rule``, which this wraps). Histograms come
+    from valid pixels over the whole raster (``max_windows``, ``window_size`` and ``seed``
+    choose the windows; other ``params`` go to the index).
     """
-    threshold = parse_threshold(threshold)
+    from geoseg.water import fit_water_rule
+
     required_bands(index)
-    check_bands(index, source.band_names, source=str(source.path))
-    if threshold != "otsu":
-        return float(threshold)
     sampling = {k: params.pop(k) for k in ("max_windows", "window_size", "seed") if k in params}
-    counts, centres = index_histogram(source, index, **sampling, **params)
-    if counts.sum() == 0:
-        raise InputFileError(
-            f"{source.path}: no valid pixels to compute an Otsu threshold of {index}; check "
-            f"the nodata value and the band mapping, or give --threshold VALUE"
-        )
-    used = np.flatnonzero(counts)
-    if len(used) < 2:
-        raise OptionError(
-            f"{source.path}: {index} is constant ({centres[used[0]]:.3f}) over the raster, so "
-            f"Otsu has nothing to separate; give --threshold VALUE"
-        )
-    value = otsu_threshold(counts, centres)
-    log.info("%s: Otsu threshold of %s is %.4f", source.path, index, value)
-    return value
+    rule = fit_water_rule(source, index, threshold, index_params=params, **sampling)
+    return rule.threshold
 
 
 def otsu_threshold(counts: np.ndarray, centres: np.ndarray) -> float:
@@ -199,6 +193,93 @@ def otsu_threshold(counts: np.ndarray, centres: np.ndarray) -> float:
     if run_end == best[0]:
         return float(centres[best[0]])
     return float((centres[best[0]] + centres[run_end + 1]) / 2)
+
+
+def two_gaussians(
+    counts: np.ndarray, centres: np.ndarray, *, iterations: int = 200
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weights, means and standard deviations of a two-Gaussian fit to a histogram.
+
+    Expectation-maximisation on the binned counts, started from Otsu's split; the lower
+    mode comes first.
+    """
+    counts = np.asarray(counts, np.float64)
+    x = np.asarray(centres, np.float64)
+    total = counts.sum()
+    split = otsu_threshold(counts, x)
+    below = x <= split
+    weights = np.array([counts[below].sum(), counts[~below].sum()]) / total
+    means = np.array(
+        [
+            np.average(x[below], weights=counts[below] + 1e-12),
+            np.average(x[~below], weights=counts[~below] + 1e-12),
+        ]
+    )
+    floor = max(float(np.diff(x[:2])[0]) if len(x) > 1 else 1e-3, 1e-6)
+    stds = np.array(
+        [
+            np.sqrt(np.average((x[below] - means[0]) ** 2, weights=counts[below] + 1e-12)),
+            np.sqrt(np.average((x[~below] - means[1]) ** 2, weights=counts[~below] + 1e-12)),
+        ]
+    )
+    stds = np.maximum(stds, floor)
+    for _ in range(iterations):
+        density = weights[:, None] * np.exp(-0.5 * ((x - means[:, None]) / stds[:, None]) ** 2)
+        density /= stds[:, None]
+        resp = density / np.maximum(density.sum(axis=0), 1e-300)
+        mass = (resp * counts).sum(axis=1)
+        if (mass <= 0).any():
+            break
+        new_means = (resp * counts * x).sum(axis=1) / mass
+        stds = np.maximum(
+            np.sqrt((resp * counts * (x - new_means[:, None]) ** 2).sum(axis=1) / mass), floor
+        )
+        weights = mass / total
+        converged = np.allclose(new_means, means, atol=floor / 10)
+        means = new_means
+        if converged:
+            break
+    order = np.argsort(means)
+    return weights[order], means[order], stds[order]
+
+
+def bimodal_threshold(
+    counts: np.ndarray, centres: np.ndarray, *, upper_above: float | None = None
+) -> float | None:
+    """Otsu's threshold of a histogram when it has two separate modes, else None.
+
+    Separate means Ashman's D > 2 (Ashman, Bird and Zepf 1994) for a two-Gaussian fit,
+    each mode holding at least ``MIN_MODE_SHARE`` of the pixels and, with
+    ``upper_above``, the upper mode's mean above that value (water's mode of a water index
+    lies above 0). Otsu's threshold is kept only when it falls between the two modes, more
+    than one standard deviation from each: it drifts into the larger mode when the other
+    is small. A unimodal histogram (a raster with little or no water) gives None, where
+    Otsu would split its one mode in the middle of the land.
+    """
+    from geoseg.water import BIMODAL_D, MIN_MODE_SHARE
+
+    counts = np.asarray(counts, np.float64)
+    if np.count_nonzero(counts) < 2:
+        return None
+    weights, means, stds = two_gaussians(counts, centres)
+    separation = math.sqrt(2.0) * abs(means[1] - means[0]) / math.sqrt(stds[0] ** 2 + stds[1] ** 2)
+    threshold = otsu_threshold(counts, centres)
+    log.debug(
+        "two modes at %.3f and %.3f (weights %.3f, %.3f), Ashman's D %.2f, Otsu %.4f",
+        means[0],
+        means[1],
+        weights[0],
+        weights[1],
+        separation,
+        threshold,
+    )
+    if separation <= BIMODAL_D or weights.min() < MIN_MODE_SHARE:
+        return None
+    if upper_above is not None and not means[1] > upper_above:
+        return None
+    if not means[0] + stds[0] < threshold < means[1] - stds[1]:
+        return None
+    return threshold
 
 
 def threshold_mask(

@@ -218,34 +218,28 @@ def prompts_preview(
     """
     import shapely
 
-    from geoseg.indices import compute_index, required_bands
-    from geoseg.masks import clean_mask, threshold_mask
+    from geoseg.masks import clean_mask
 
     shown, composite = composite_bands(source.band_names)
-    needed = list(dict.fromkeys([*shown, *(required_bands(auto.settings.index) if auto else ())]))
+    needed = list(dict.fromkeys([*shown, *(auto.bands if auto else ())]))
     view = read_overview(source, needed, max_size)
     image = stretch(view.data[[needed.index(b) for b in shown]], view.valid)
 
     mask = None
     legend = [f"{source.path.name}: {composite}"]
     if auto is not None:
-        settings = auto.settings
-        bands = required_bands(settings.index)
-        values = compute_index(
-            view.data[[needed.index(b) for b in bands]],
-            bands,
-            settings.index,
-            view.valid,
-            **settings.index_params,
+        bands = list(auto.bands)
+        evidence = auto.rule.evidence(
+            view.data[[needed.index(b) for b in bands]], bands, view.valid
         )
         shrink = (view.transform.a * view.transform.e) / (source.transform.a * source.transform.e)
         mask = clean_mask(
-            threshold_mask(values, auto.threshold, view.valid),
+            evidence.water,
             min_size=int(auto.min_size / shrink),
             fill_holes=int(auto.fill_holes / shrink),
             valid=view.valid,
         )
-        legend.append(f"mask ({settings.index} > {auto.threshold:.3f}): cyan outline")
+        legend.append(f"mask ({auto.rule.describe()}): cyan outline")
 
     points = features.points.to_crs(source.crs) if len(features.points) else features.points
     xy = shapely.get_coordinates(points.geometry.to_numpy()).reshape(-1, 2)

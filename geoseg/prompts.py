@@ -28,17 +28,16 @@ from rasterio.windows import Window
 from geoseg.atomic import atomic_output
 from geoseg.backend import Prompts
 from geoseg.errors import InputFileError, MissingCRSError, OptionError, OutputError
-from geoseg.indices import check_bands, compute_index, required_bands
+from geoseg.indices import required_bands
 from geoseg.masks import (
     Area,
     clean_mask,
     dilate_mask,
     interior_distance,
     parse_threshold,
-    raster_threshold,
-    threshold_mask,
 )
 from geoseg.raster import check_readable
+from geoseg.water import WaterRule, fit_water_rule
 from geoseg.windows import Tile, tile_grid
 
 if TYPE_CHECKING:
@@ -60,10 +59,13 @@ class PromptSettings:
     from the mask. ``erode``: radius by which the mask shrinks before positive points are
     drawn, keeping them away from banks. ``perturb``: boxes' edges move by up to this many
     pixels. ``index_params`` go to the index (the HSV rule's hue, saturation, value).
+    ``index`` and ``threshold`` choose the water method (``geoseg.water``): ``auto``
+    follows the bands. Positive points go only where the method is confident of water,
+    negative points only where it is confident of dry land.
     """
 
-    index: str = "ndwi"
-    threshold: str | float = "otsu"
+    index: str = "auto"
+    threshold: str | float = "auto"
     min_size: int | str = 200
     fill_holes: int | str = 50
     opening: int = 0
@@ -81,8 +83,14 @@ class PromptSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", str(self.index).lower())
-        required_bands(self.index)
+        if self.index not in ("auto", "multi"):
+            required_bands(self.index)
         object.__setattr__(self, "threshold", parse_threshold(self.threshold))
+        if self.index == "multi" and self.threshold != "auto":
+            raise OptionError(
+                "the multi-index water rule takes no --threshold; give --index ndwi (or "
+                "mndwi) with a threshold, or leave --threshold out"
+            )
         Area.parse(self.min_size, what="min_size")
         Area.parse(self.fill_holes, what="fill_holes")
         for name in (
@@ -175,12 +183,15 @@ def sample_prompts(
     *,
     distance: np.ndarray | None = None,
     outside: np.ndarray | None = None,
+    confident: np.ndarray | None = None,
 ) -> ChipPrompts:
     """Prompts of ``mask`` (H, W) bool with the component ids of points and boxes.
 
     ``distance``: each pixel's distance (pixels) to the nearest non-water pixel, and
     ``outside``: where negatives may go; both default to what ``mask`` alone gives, and
     are passed in when the mask was cleaned with a margin around the chip.
+    ``confident``: where positive points may go (default: all of ``mask``); a component
+    with no confident pixel farther than ``settings.erode`` from its bank gets none.
     """
     from skimage.measure import label, regionprops
 
@@ -201,6 +212,8 @@ def sample_prompts(
     for region in regionprops(components):
         rows, cols = region.coords.T
         inside = distance[rows, cols] > settings.erode
+        if confident is not None:
+            inside &= confident[rows, cols]
         if settings.points and inside.any():
             coords = np.stack([cols[inside], rows[inside]], axis=1).astype(np.float64)
             spacing = math.sqrt(len(coords) / settings.points) / 2
@@ -281,31 +294,28 @@ class PromptSource:
 
 
 class AutoPrompts(PromptSource):
-    """Prompts drawn from a spectral index of ``source``, with one threshold for the raster.
+    """Prompts drawn from the water method of ``source``, fixed once for the raster.
 
-    Each chip's mask is thresholded and cleaned over the chip plus a margin, so components
+    Each chip's mask is computed and cleaned over the chip plus a margin, so components
     and distances to the bank do not change at chip edges; the random draws of chip
-    (row, col) depend only on the seed and that position.
+    (row, col) depend only on the seed and that position. Positive points sit inside
+    confident water, away from the bank; negative points on confident dry land, away
+    from any water.
     """
 
     def __init__(
-        self, source: RasterSource, settings: PromptSettings, threshold: float | None = None
+        self, source: RasterSource, settings: PromptSettings, rule: WaterRule | None = None
     ) -> None:
         self.source = source
         self.settings = settings
-        check_bands(settings.index, source.band_names, source=str(source.path))
-        self.bands = required_bands(settings.index)
-        self.threshold = (
-            float(threshold)
-            if threshold is not None
-            else raster_threshold(
-                source,
-                settings.index,
-                settings.threshold,
-                seed=settings.seed,
-                **settings.index_params,
-            )
+        self.rule = rule or fit_water_rule(
+            source,
+            settings.index,
+            settings.threshold,
+            index_params=settings.index_params,
+            seed=settings.seed,
         )
+        self.bands = self.rule.bands
         self.min_size, self.fill_holes = settings.cleanup_pixels(source)
         reach = max(
             settings.erode,
@@ -316,16 +326,21 @@ class AutoPrompts(PromptSource):
         )
         self.margin = int(min(256, max(32, 2 * reach + 2)))
 
+    @property
+    def threshold(self) -> float | None:
+        """The single index's threshold for the raster (None for the multi-index rule)."""
+        return self.rule.threshold
+
     def coarse_mask(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """The cleaned water mask and valid mask of ``window`` (H, W) bool.
 
         Cleaned over the window plus the margin, so it agrees with the masks of
         neighbouring windows where they overlap.
         """
-        mask, valid, inner = self._padded_mask(window)
+        evidence, mask, valid, inner = self._padded(window)
         return mask[inner], valid[inner]
 
-    def _padded_mask(self, window: Window) -> tuple[np.ndarray, np.ndarray, tuple[slice, slice]]:
+    def _padded(self, window: Window):
         m = self.margin
         padded = Window(
             int(window.col_off) - m,
@@ -333,17 +348,11 @@ class AutoPrompts(PromptSource):
             int(window.width) + 2 * m,
             int(window.height) + 2 * m,
         )
-        values, valid = self._index(padded)
-        mask = self._clean(threshold_mask(values, self.threshold, valid), valid)
+        data, valid = self.source.read(padded, self.bands)
+        evidence = self.rule.evidence(data, self.bands, valid)
+        mask = self._clean(evidence.water, valid)
         inner = (slice(m, m + int(window.height)), slice(m, m + int(window.width)))
-        return mask, valid, inner
-
-    def _index(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        data, valid = self.source.read(window, self.bands)
-        values = compute_index(
-            data, self.bands, self.settings.index, valid, **self.settings.index_params
-        )
-        return values, valid
+        return evidence, mask, valid, inner
 
     def _clean(self, mask: np.ndarray, valid: np.ndarray) -> np.ndarray:
         s = self.settings
@@ -358,9 +367,9 @@ class AutoPrompts(PromptSource):
 
     def chip_prompts(self, tile: Tile) -> ChipPrompts:
         """Prompts of ``tile`` with the component each point and box belongs to."""
-        mask, valid, inner = self._padded_mask(tile.window)
+        evidence, mask, valid, inner = self._padded(tile.window)
         distance = interior_distance(mask)
-        outside = ~dilate_mask(mask, self.settings.negative_buffer)
+        outside = ~dilate_mask(mask, self.settings.negative_buffer) & evidence.dry
         return sample_prompts(
             mask[inner],
             self.settings,
@@ -368,6 +377,7 @@ class AutoPrompts(PromptSource):
             valid[inner],
             distance=distance[inner],
             outside=outside[inner],
+            confident=(evidence.confident & mask)[inner],
         )
 
     def for_chip(self, chip: Chip) -> Prompts:
@@ -375,7 +385,7 @@ class AutoPrompts(PromptSource):
 
 
 def auto_prompts(source: RasterSource, settings: PromptSettings) -> AutoPrompts:
-    """Prompts from ``settings.index`` of ``source``; the threshold is computed here, once."""
+    """Prompts from the water method of ``source``; fixed here, once for the raster."""
     return AutoPrompts(source, settings)
 
 
@@ -525,9 +535,10 @@ def prompt_features(
     )
     metadata = {
         "source": source.path.name,
-        "index": settings.index,
+        "index": prompts.rule.method,
         "threshold": repr(prompts.threshold),
-        "threshold_method": "otsu" if settings.threshold == "otsu" else "given",
+        "threshold_method": prompts.rule.how,
+        "water_rule": prompts.rule.describe(),
         "chip_size": str(grid.size),
         "overlap": str(grid.overlap),
         "settings": repr(settings),

@@ -39,10 +39,20 @@ def overlap_option(default: str = "64"):
     )
 
 
-def index_option(help: str):
-    """--index, checked by the library so an unknown index is one line, not click's three."""
+def index_option(help: str, *, water_methods: bool = False):
+    """--index, checked by the library so an unknown index is one line, not click's three.
+
+    With ``water_methods`` it also takes ``auto`` (the default: the water method follows
+    the bands, see ``geoseg.water``) and ``multi``.
+    """
     from geoseg.indices import INDICES
 
+    if water_methods:
+        from geoseg.water import METHODS
+
+        return click.option(
+            "--index", default="auto", show_default=True, metavar="|".join(METHODS), help=help
+        )
     return click.option(
         "--index", default="ndwi", show_default=True, metavar="|".join(INDICES), help=help
     )
@@ -146,8 +156,55 @@ seed_option = click.option("--seed", type=int, default=0, show_default=True, hel
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 
 
+#: ``GEOSEG_PROGRESS=json``: progress as JSON lines on stderr instead of bars, for programs
+#: that run geoseg (the QGIS plugin): ``{"progress": DESC, "n": DONE, "total": TOTAL|null,
+#: "unit": UNIT}``, at most every ``JsonProgress.interval`` seconds and at each end.
+PROGRESS_ENV = "GEOSEG_PROGRESS"
+
+
+class JsonProgress:
+    """The part of tqdm's interface the commands use, reported as JSON lines on stderr."""
+
+    interval = 0.2
+
+    def __init__(self, total: int | None, desc: str, unit: str, disable: bool) -> None:
+        self.total, self.desc, self.unit, self.disable = total, desc, unit, disable
+        self.n, self._last = 0, 0.0
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self._emit(force=self.total is not None and self.n >= self.total)
+
+    def refresh(self) -> None:
+        self._emit(force=True)
+
+    def set_postfix(self, *args, **kwargs) -> None:
+        """Bars show loss and the like beside the count; the JSON lines keep to the count."""
+
+    def close(self) -> None:
+        self._emit(force=True)
+
+    def _emit(self, force: bool = False) -> None:
+        import json
+        import time
+
+        now = time.monotonic()
+        if self.disable or (not force and now - self._last < self.interval):
+            return
+        self._last = now
+        record = {"progress": self.desc, "n": self.n, "total": self.total, "unit": self.unit}
+        click.echo(json.dumps(record), err=True)
+
+
 def progress_bar(total: int | None, desc: str, *, quiet: bool = False, unit: str = "chip"):
-    """A progress bar on stderr (the library reports progress through callbacks)."""
+    """A progress bar on stderr (the library reports progress through callbacks).
+
+    JSON lines instead when ``GEOSEG_PROGRESS=json`` (see ``PROGRESS_ENV``).
+    """
+    import os
+
+    if os.environ.get(PROGRESS_ENV, "").lower() == "json":
+        return JsonProgress(total, desc, unit, disable=quiet)
     return tqdm(total=total, desc=desc, unit=unit, disable=quiet, leave=True, dynamic_ncols=True)
 
 

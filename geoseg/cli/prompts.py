@@ -32,13 +32,18 @@ from geoseg.cli.options import (
     type=click.Path(path_type=Path),
     help="Prompts file: .gpkg (layers points, boxes; raster CRS) or .geojson (EPSG:4326).",
 )
-@index_option("Index whose high values are water (mndwi for turbid rivers with SWIR).")
+@index_option(
+    "Water method: auto follows the bands (the multi-index rule with SWIR, ndwi without, "
+    "hsv for RGB); or one index (mndwi for turbid rivers with SWIR).",
+    water_methods=True,
+)
 @click.option(
     "--threshold",
-    default="otsu",
+    default="auto",
     show_default=True,
-    metavar="otsu|VALUE",
-    help="Index threshold: a number, or otsu computed once over the whole raster.",
+    metavar="auto|otsu|VALUE",
+    help="Threshold of a single index: auto (Otsu's where the raster's histogram is "
+    "bimodal, else 0), otsu, or a number. Computed once over the whole raster.",
 )
 @click.option(
     "--min-size",
@@ -163,9 +168,10 @@ def prompts(
 ):
     """Draw prompts for SRC from a water index and write them to OUTPUT.
 
-    The index is thresholded once for the whole raster, cleaned (small components
-    removed, small holes filled), then each chip of the --size/--overlap grid gets
-    positive points inside water eroded by --erode, optional negative points, and boxes.
+    The water method (--index, --threshold) is fixed once for the whole raster, its mask
+    cleaned (small components removed, small holes filled), then each chip of the
+    --size/--overlap grid gets positive points inside confident water eroded by --erode,
+    optional negative points on confident dry land, and boxes.
     Open OUTPUT in QGIS to check or edit the prompts, then give it to
     geoseg predict --prompts. A complete OUTPUT (and --preview) is skipped (--overwrite
     redoes it); an incomplete one is redone.
@@ -228,9 +234,8 @@ def prompts(
             from geoseg.preview import prompts_preview
 
             prompts_preview(preview, source, features, auto=auto, grid=grid)
-    how = "otsu" if settings.threshold == "otsu" else "given"
     click.echo(
-        f"{settings.index} > {features.threshold:.4f} ({how}); {features.chips} chips; "
+        f"{auto.rule.describe()}; {features.chips} chips; "
         f"{features.positive} positive and {features.negative} negative points, "
         f"{len(features.boxes)} boxes -> {out} ({time.perf_counter() - started:.1f} s)"
     )

@@ -1,6 +1,8 @@
-"""The spectral backend: a binary mask from an index threshold computed once per raster.
+"""The spectral backend: a binary water mask from the water method fixed once per raster.
 
-Pointwise by default: each pixel's probability depends on that pixel alone, so a mask
+By default the method follows the bands (``geoseg.water``): the multi-index rule with
+SWIR, NDWI without it, the HSV rule for RGB only; an explicit index and threshold can be
+given instead. Pointwise by default: each pixel's probability depends on that pixel alone, so a mask
 predicted chip by chip with overlap equals the mask predicted in one piece. The cleanup
 options (``min_size``, ``fill_holes``, ``opening``, ``closing``) look at neighbourhoods
 within one chip and so can differ along chip seams; use ``geoseg vectorize --min-area``
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
 #: Band names each index reads (mirrors geoseg.indices.INDICES without importing xarray
 #: when geoseg only lists backends).
 INDEX_BANDS: dict[str, tuple[str, ...]] = {
+    "auto": (),
+    "multi": ("green", "nir", "swir1"),
     "ndwi": ("green", "nir"),
     "mndwi": ("green", "swir1"),
     "ndvi": ("nir", "red"),
@@ -32,6 +36,8 @@ INDEX_BANDS: dict[str, tuple[str, ...]] = {
 }
 #: Values an index can take; a fixed threshold must lie inside.
 INDEX_RANGES: dict[str, tuple[float, float]] = {
+    "auto": (-1.0, 1.0),
+    "multi": (-1.0, 1.0),
     "ndwi": (-1.0, 1.0),
     "mndwi": (-1.0, 1.0),
     "ndvi": (-1.0, 1.0),
@@ -44,19 +50,29 @@ CLASS_COLORS = {"water": "#1f78b4", "vegetation": "#33a02c"}
 class SpectralOptions:
     """Options of the spectral backend (``--option key=value``).
 
-    ``threshold``: ``otsu`` (once per raster, from a histogram of the whole raster) or a
-    fixed index value; pixels above it belong to the class. ``class_name``: the class
-    name in the output (default: vegetation for ndvi, water otherwise). ``softness``: 0
-    gives hard 0/1 probabilities; a positive value gives sigmoid((index - threshold) /
-    softness). ``min_size`` / ``fill_holes``: pixels, or square metres with an ``m2``
-    suffix; with ``opening`` / ``closing`` (disk radii in pixels) they clean each chip and
-    are not seam-free. ``hue`` (degrees), ``saturation`` and ``value`` (0..1) are the hsv
-    rule's ranges; ``scale`` is the digital number of full brightness for hsv (default:
-    the integer dtype's maximum). ``max_windows``: windows sampled for the Otsu histogram.
+    ``index``: ``auto`` picks the method from the bands (with green, nir and swir1 the
+    multi-index rule: MNDWI > 0, MNDWI > NDVI or EVI, EVI < 0.1, SWIR2 < 0.1, no cloud;
+    without SWIR NDWI; RGB only the HSV rule); ``multi``, ``ndwi``, ``mndwi``, ``ndvi`` or
+    ``hsv`` choose one. ``threshold`` (single indices only): ``auto`` (Otsu's where the
+    raster's histogram is bimodal, else 0, or 0.5 for hsv), ``otsu`` or an index value;
+    pixels above it belong to the class. With index=auto, a threshold other than auto
+    thresholds one index: mndwi with SWIR, ndwi without, hsv for RGB only. ``reflectance_scale`` / ``reflectance_offset``:
+    digital number to reflectance (default: the raster's metadata, x 10000 for 16-bit
+    integers), e.g. 0.0001 and -0.1 for Sentinel-2 L2A from baseline 04.00.
+    ``class_name``: the class name in the output (default: vegetation for ndvi, water
+    otherwise). ``softness``: 0 gives hard 0/1 probabilities; a positive value gives
+    sigmoid(margin / softness). ``min_size`` / ``fill_holes``: pixels, or square metres
+    with an ``m2`` suffix; with ``opening`` / ``closing`` (disk radii in pixels) they clean
+    each chip and are not seam-free. ``hue`` (degrees), ``saturation`` and ``value``
+    (0..1) are the hsv rule's ranges; ``scale`` is the digital number of full brightness
+    for hsv (default: the integer dtype's maximum). ``max_windows``: windows sampled for
+    the threshold's histogram.
     """
 
-    index: Literal["ndwi", "mndwi", "ndvi", "hsv"] = "ndwi"
-    threshold: Literal["otsu"] | float = "otsu"
+    index: Literal["auto", "multi", "ndwi", "mndwi", "ndvi", "hsv"] = "auto"
+    threshold: Literal["auto", "otsu"] | float = "auto"
+    reflectance_scale: float | None = None
+    reflectance_offset: float | None = None
     class_name: str | None = None
     softness: float = 0.0
     min_size: int | str = 0
@@ -72,14 +88,22 @@ class SpectralOptions:
     def __post_init__(self) -> None:
         if self.index not in INDEX_BANDS:
             raise ValueError(f"index must be one of {', '.join(INDEX_BANDS)}, got {self.index!r}")
-        if self.threshold != "otsu":
+        if self.threshold not in ("auto", "otsu"):
             if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
-                raise ValueError(f"threshold must be 'otsu' or a number, got {self.threshold!r}")
+                raise ValueError(
+                    f"threshold must be 'auto', 'otsu' or a number, got {self.threshold!r}"
+                )
+            if self.index == "multi":
+                raise ValueError(
+                    "threshold applies to a single index, not to index=multi; give "
+                    "index=ndwi (or mndwi, ndvi, hsv), or leave threshold out"
+                )
             low, high = INDEX_RANGES[self.index]
             if not low <= self.threshold <= high:
+                index = "the normalised differences'" if self.index == "auto" else self.index + "'s"
                 raise ValueError(
-                    f"threshold {self.threshold:g} is outside {self.index}'s range "
-                    f"[{low:g}, {high:g}]; give a value inside it or 'otsu'"
+                    f"threshold {self.threshold:g} is outside {index} range "
+                    f"[{low:g}, {high:g}]; give a value inside it, 'auto' or 'otsu'"
                 )
         if self.class_name is not None and (
             not self.class_name.strip() or self.class_name == "background"
@@ -104,6 +128,8 @@ class SpectralOptions:
                 raise ValueError(
                     f"{name} must be LOW,HIGH with 0 <= LOW <= HIGH <= 1, got {low},{high}"
                 )
+        if self.reflectance_scale is not None and not self.reflectance_scale > 0:
+            raise ValueError(f"reflectance_scale must be > 0, got {self.reflectance_scale}")
         if self.scale is not None and not self.scale > 0:
             raise ValueError(
                 f"scale must be > 0 (full-brightness digital number), got {self.scale}"
@@ -151,14 +177,18 @@ class _class_or_instance:
 
 
 class SpectralBackend(Backend):
-    """Water (or vegetation) where a spectral index exceeds a per-raster threshold."""
+    """Water (or vegetation) from the water method fixed once per raster (geoseg.water)."""
 
     name = "spectral"
-    description = "Water or vegetation masks from NDWI/MNDWI/NDVI/HSV thresholds; no weights"
+    description = (
+        "Water masks with no weights: the multi-index rule with SWIR, NDWI without, HSV "
+        "for RGB; or one index (ndwi, mndwi, ndvi, hsv) and a threshold"
+    )
     Options = SpectralOptions
 
     def __init__(self, options: SpectralOptions | None = None) -> None:
         super().__init__(options)
+        self.rule = None
         self.threshold: float | None = None
         self._min_size = 0
         self._fill_holes = 0
@@ -166,7 +196,7 @@ class SpectralBackend(Backend):
 
     @_class_or_instance
     def capabilities(self_or_cls: Any) -> Capabilities:
-        """Binary, no prompts, no training; bands of the chosen index (ndwi for the class)."""
+        """Binary, no prompts, no training; bands of the chosen index (all for auto)."""
         options = self_or_cls.options if isinstance(self_or_cls, Backend) else SpectralOptions()
         return Capabilities(
             binary=True,
@@ -175,7 +205,6 @@ class SpectralBackend(Backend):
             trains=False,
             bands=INDEX_BANDS[options.index],
             chip_size=512,
-            weights=False,
         )
 
     def classes(self) -> ClassMap:
@@ -188,43 +217,49 @@ class SpectralBackend(Backend):
         )
 
     def begin_raster(self, source: RasterSource) -> None:
-        """Check the bands and compute the threshold (Otsu: over the whole raster) once."""
-        from geoseg.masks import area_pixels, raster_threshold
+        """Check the bands and fix the method and its threshold for the whole raster."""
+        from geoseg.masks import area_pixels
+        from geoseg.water import fit_water_rule
 
         options = self.options
-        _check_bands(options.index, source.band_names, str(source.path))
-        if options.index == "hsv" and options.scale is None:
+        if options.index not in ("auto", "multi"):
+            _check_bands(options.index, source.band_names, str(source.path))
+        if options.scale is None:
             dtype = np.dtype(source.dtype)
             self._scale = float(np.iinfo(dtype).max) if dtype.kind in "ui" else 1.0
-        params = self._index_params()
-        if options.threshold == "otsu":
-            params["max_windows"] = options.max_windows
-        self.threshold = raster_threshold(source, options.index, options.threshold, **params)
+        self.rule = fit_water_rule(
+            source,
+            options.index,
+            options.threshold,
+            index_params=self._index_params(),
+            scale=options.reflectance_scale,
+            offset=options.reflectance_offset,
+            max_windows=options.max_windows,
+        )
+        if self.rule.method == "hsv" and not self._index_params():
+            self.rule = _with_params(self.rule, self._hsv_params())
+        self.threshold = self.rule.threshold
         self._min_size = area_pixels(options.min_size, source, what="min_size")
         self._fill_holes = area_pixels(options.fill_holes, source, what="fill_holes")
 
     def predict(self, batch: ChipBatch) -> np.ndarray:
         """Probabilities (N, 2, H, W) float32 of [background, class]; invalid pixels background."""
-        from geoseg.indices import compute_index
-        from geoseg.masks import clean_mask, threshold_mask
+        from geoseg.masks import clean_mask
 
         options = self.options
         source = str(batch.source) if batch.source is not None else "the raster"
-        _check_bands(options.index, batch.band_names, source)
-        threshold = self._current_threshold()
-        params = self._index_params()
+        rule = self._current_rule(batch.band_names)
+        _check_rule_bands(rule, batch.band_names, source)
         n, _, height, width = batch.images.shape
         result = np.empty((n, 2, height, width), np.float32)
         for i in range(n):
             valid = np.asarray(batch.valid[i], dtype=bool)
-            values = compute_index(
-                batch.images[i], batch.band_names, options.index, valid, **params
-            )
-            above = threshold_mask(values, threshold, valid)
+            evidence = rule.evidence(batch.images[i], batch.band_names, valid)
+            above = evidence.water
             with np.errstate(invalid="ignore", over="ignore"):
                 if options.softness > 0:
-                    target = 1.0 / (1.0 + np.exp(-(values - threshold) / options.softness))
-                    target = np.where(np.isfinite(values), target, 0.0)
+                    target = 1.0 / (1.0 + np.exp(-evidence.score / options.softness))
+                    target = np.where(np.isfinite(evidence.score), target, 0.0)
                 else:
                     target = above.astype(np.float32)
             if options.cleans:
@@ -241,14 +276,18 @@ class SpectralBackend(Backend):
         result[:, 0] = 1.0 - result[:, 1]
         return result
 
-    def _current_threshold(self) -> float:
-        if self.threshold is not None:
-            return self.threshold
+    def _current_rule(self, band_names: tuple[str, ...]):
+        """The rule of begin_raster, or one made from fixed options without a raster."""
+        from geoseg.water import Reflectance, WaterRule, choose_method
+
+        if self.rule is not None:
+            return self.rule
         options = self.options
-        if options.threshold == "otsu":
+        if options.threshold in ("auto", "otsu") and options.index != "multi":
             raise BackendError(
-                "spectral backend: threshold=otsu is computed per raster in begin_raster(source); "
-                "call it before predict, or give a fixed threshold (--option threshold=0.1)"
+                f"spectral backend: threshold={options.threshold} is computed per raster in "
+                f"begin_raster(source); call it before predict, or give index=ndwi and a "
+                f"fixed threshold (--option threshold=0.1)"
             )
         if options.index == "hsv" and self._scale is None:
             raise BackendError(
@@ -257,19 +296,56 @@ class SpectralBackend(Backend):
             )
         self._min_size = _pixels_without_raster(options.min_size, "min_size")
         self._fill_holes = _pixels_without_raster(options.fill_holes, "fill_holes")
-        self.threshold = float(options.threshold)
-        return self.threshold
+        method = options.index
+        if method == "auto":
+            method = choose_method(band_names, single=options.threshold != "auto")
+        known = options.reflectance_scale is not None
+        scale = options.reflectance_scale or 1.0
+        offset = options.reflectance_offset or 0.0
+        reflectance = Reflectance(
+            dict.fromkeys(band_names, scale), dict.fromkeys(band_names, offset), known
+        )
+        threshold = None if method == "multi" else float(options.threshold)
+        self.rule = WaterRule(
+            method, threshold, "given", reflectance, tuple(band_names), self._index_params()
+        )
+        self.threshold = threshold
+        return self.rule
 
     def _index_params(self) -> dict[str, Any]:
-        options = self.options
-        if options.index != "hsv":
+        if self.options.index != "hsv":
             return {}
+        return self._hsv_params()
+
+    def _hsv_params(self) -> dict[str, Any]:
+        options = self.options
         return {
             "hue": options.hue,
             "saturation": options.saturation,
             "value": options.value,
             "scale": self._scale,
         }
+
+
+def _with_params(rule, params: dict[str, Any]):
+    from dataclasses import replace
+
+    return replace(rule, index_params=params)
+
+
+def _check_rule_bands(rule, band_names: tuple[str, ...] | list[str], source: str) -> None:
+    """Raise BandError in one line when a chip lacks a band the rule reads."""
+    from geoseg.errors import BandError
+
+    if rule.method != "multi":
+        _check_bands(rule.method, band_names, source)
+        return
+    missing = [name for name in rule.bands if name not in band_names]
+    if missing:
+        raise BandError(
+            f"{source}: the multi-index water rule needs band {missing[0]!r} but the bands "
+            f"are {', '.join(band_names)}; name the bands with --bands"
+        )
 
 
 def _check_bands(index: str, band_names: tuple[str, ...] | list[str], source: str) -> None:
@@ -279,7 +355,11 @@ def _check_bands(index: str, band_names: tuple[str, ...] | list[str], source: st
     missing = [name for name in INDEX_BANDS[index] if name not in band_names]
     if not missing:
         return
-    usable = [name for name, needed in INDEX_BANDS.items() if set(needed) <= set(band_names)]
+    usable = [
+        name
+        for name, needed in INDEX_BANDS.items()
+        if name != "auto" and set(needed) <= set(band_names)
+    ]
     fix = f"use --option index={usable[0]}" if usable else "name the bands with --bands"
     if usable and len(usable) > 1:
         fix += f" (or {', '.join(usable[1:])})"

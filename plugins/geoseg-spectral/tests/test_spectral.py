@@ -45,7 +45,7 @@ def green_nir(ndwi: np.ndarray) -> np.ndarray:
 
 def predict_window(backend, source, window_size: int, names=None) -> np.ndarray:
     """Class ids of the whole raster predicted as one chip of ``window_size``."""
-    names = names or backend.capabilities().bands
+    names = names or backend.capabilities().bands or source.band_names
     (tile,) = tile_grid(source, window_size, 0)
     chip = source.read_chip(tile, names)
     batch = ChipBatch(
@@ -208,8 +208,12 @@ def test_missing_band_is_one_clear_line(river, tmp_path):
 @pytest.mark.parametrize(
     ("pairs", "message"),
     [
-        (["threshold=1.5"], "threshold 1.5 is outside ndwi's range [-1, 1]"),
-        (["index=ndbi"], "option index: must be one of 'ndwi', 'mndwi', 'ndvi', 'hsv'"),
+        (["threshold=1.5"], "threshold 1.5 is outside the normalised differences' range [-1, 1]"),
+        (["index=ndwi", "threshold=1.5"], "threshold 1.5 is outside ndwi's range [-1, 1]"),
+        (
+            ["index=ndbi"],
+            "option index: must be one of 'auto', 'multi', 'ndwi', 'mndwi', 'ndvi', 'hsv'",
+        ),
         (["softness=-1"], "softness must be >= 0"),
         (["min_size=lots"], "min_size 'lots' must be a number of pixels"),
         (["saturation=0.5,0.2"], "saturation must be LOW,HIGH"),
