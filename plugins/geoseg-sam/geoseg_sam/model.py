@@ -46,8 +46,10 @@ def load_sam(checkpoint: str | None) -> tuple[SamModel, ModelInput]:
     folder = Path(checkpoint).expanduser()
     try:
         if folder.exists():
+            refuse_pickles(folder)
             _check_folder(folder)
-            model = SamModel.from_pretrained(folder)
+            # Never the pickle fallback (pytorch_model.bin) a folder may also carry.
+            model = SamModel.from_pretrained(folder, use_safetensors=True)
         elif _looks_like_path(checkpoint):
             raise WeightsError(
                 f"{checkpoint}: no such folder; point --model at a SAM checkpoint folder, a "
@@ -90,7 +92,7 @@ def _check_folder(folder: Path) -> None:
 def _from_hub(model_cls, hub_id: str):
     """Load from the local Hugging Face cache first, and ask the hub only when it answers."""
     try:
-        return model_cls.from_pretrained(hub_id, local_files_only=True)
+        return model_cls.from_pretrained(hub_id, local_files_only=True, use_safetensors=True)
     except OSError:
         pass
     how = (
@@ -100,7 +102,7 @@ def _from_hub(model_cls, hub_id: str):
     if _hub_unreachable():
         raise WeightsError(f"SAM checkpoint {hub_id} is not in the local cache and the Hugging Face hub is unreachable: {how}")
     try:
-        return model_cls.from_pretrained(hub_id)
+        return model_cls.from_pretrained(hub_id, use_safetensors=True)
     except OSError as exc:
         reason = " ".join(str(exc).split())[:160]
         raise WeightsError(f"cannot download SAM checkpoint {hub_id} ({reason}): {how}") from None
@@ -112,18 +114,56 @@ def _hf_home() -> str:
     return str(constants.HF_HOME)
 
 
+#: Seconds a probe of the hub may take before geoseg calls it unreachable.
+HUB_PROBE_TIMEOUT = 3.0
+#: Suffixes of PyTorch pickle files (weights, optimizer states, whole checkpoints).
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
 def _hub_unreachable() -> bool:
-    """True when offline mode is on or the hub's host does not resolve (no 50 s of retries)."""
+    """True when offline mode is on or the hub does not answer within a few seconds.
+
+    Asking transformers anyway costs about 50 s of retries and a screen of HTTP errors.
+    """
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         return True
     host = urlparse(os.environ.get("HF_ENDPOINT", constants.ENDPOINT)).hostname or "huggingface.co"
     try:
-        socket.getaddrinfo(host, 443)
+        socket.create_connection((host, 443), HUB_PROBE_TIMEOUT).close()
     except OSError:
         return True
     return False
+
+
+def refuse_pickles(path: Path) -> None:
+    """Raise ``WeightsError`` for weights that are PyTorch pickles, never loading them.
+
+    A pickle can run code when it is loaded; geoseg loads safetensors only. ``path`` is a
+    file given as the model, or a model folder holding pickles and no safetensors.
+    """
+    if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
+        found, folder = path, path.parent
+    elif path.is_dir() and not any(path.glob("*.safetensors")):
+        pickles = sorted(p for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+        if not pickles:
+            return
+        found, folder = pickles[0], path
+    else:
+        return
+    if (folder / "config.json").is_file():
+        fix = (
+            f"where you trust the file, convert the folder: python -c \"from transformers "
+            f"import SamModel; SamModel.from_pretrained('{folder}')"
+            f".save_pretrained('{folder}-safe')\" and pass --model {folder}-safe"
+        )
+    else:
+        fix = "pass --model a folder written by SamModel.save_pretrained or geoseg train"
+    raise WeightsError(
+        f"{found}: a PyTorch pickle; geoseg loads safetensors only (a pickle can run code "
+        f"when loaded); {fix}"
+    )
 
 
 def _model_input(model: SamModel, checkpoint: str) -> ModelInput:
