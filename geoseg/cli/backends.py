@@ -17,7 +17,14 @@ from geoseg.backend import Backend
 @click.command()
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def backends(name: str | None, as_json: bool) -> None:
+@click.option(
+    "--model",
+    "model_dir",
+    default=None,
+    metavar="DIR",
+    help="With NAME: also show the manifest of a model folder written by geoseg train.",
+)
+def backends(name: str | None, as_json: bool, model_dir: str | None) -> None:
     """List installed backends (or show one with its options) and any broken plugins.
 
     Plugins load from the 'geoseg' entry-point group; GEOSEG_PLUGINS=a,b loads only
@@ -32,12 +39,33 @@ def backends(name: str | None, as_json: bool) -> None:
         broken = []
     records = [_backend_record(info) for info in infos.values()]
     broken_records = [dataclasses.asdict(plugin) for plugin in broken]
+    manifest = None
+    if model_dir is not None:
+        from geoseg.errors import OptionError
+        from geoseg.manifest import check_backend
+
+        if name is None:
+            raise OptionError(
+                "--model shows one backend's model; name it: geoseg backends NAME --model DIR"
+            )
+        manifest = check_backend(model_dir, name)
+        if manifest is None:
+            raise OptionError(
+                f"{model_dir}: no geoseg_model.json; give a folder written by geoseg train"
+            )
+        records[0]["model"] = manifest
 
     if as_json:
         click.echo(json.dumps({"backends": records, "broken": broken_records}, indent=2))
         return
     if name is not None:
         _echo_details(records[0])
+        if manifest is not None:
+            from geoseg.manifest import describe
+
+            click.echo(f"  model {model_dir}:")
+            for line in describe(manifest):
+                click.echo(f"    {line}")
         return
     if records:
         _echo_table(records)
@@ -70,6 +98,7 @@ def _backend_record(info: Any) -> dict[str, Any]:
         "distribution": info.distribution,
         "plugin": info.plugin,
         "description": cls.description,
+        "details": _details(cls),
         "contract_version": cls.contract_version,
         "capabilities": {
             **dataclasses.asdict(capabilities),
@@ -77,6 +106,16 @@ def _backend_record(info: Any) -> dict[str, Any]:
         },
         "options": _options_record(cls.Options),
     }
+
+
+def _details(cls: type) -> str:
+    """The backend class's docstring past its first line: what a user should know."""
+    import inspect
+
+    doc = inspect.getdoc(cls) or ""
+    if inspect.getdoc(Backend) == doc:
+        return ""
+    return doc.partition("\n")[2].strip()
 
 
 def _options_record(options_cls: type) -> list[dict[str, Any]]:
@@ -144,6 +183,10 @@ def _echo_table(records: list[dict[str, Any]]) -> None:
 def _echo_details(record: dict[str, Any]) -> None:
     origin = " ".join(p for p in (record["distribution"], record["version"]) if p) or "-"
     click.echo(f"{record['name']}: {record['description']}")
+    if record.get("details"):
+        import textwrap
+
+        click.echo(textwrap.indent(record["details"], "  "))
     click.echo(f"  provided by: {origin} (plugin {record['plugin']!r})")
     click.echo(f"  contract: v{record['contract_version']}")
     click.echo(f"  capabilities: {record['capabilities']['summary']}")

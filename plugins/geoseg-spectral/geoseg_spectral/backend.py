@@ -177,7 +177,19 @@ class _class_or_instance:
 
 
 class SpectralBackend(Backend):
-    """Water (or vegetation) from the water method fixed once per raster (geoseg.water)."""
+    """Water (or vegetation) from the water method fixed once per raster (geoseg.water).
+
+    By default (index=auto) the method follows the bands the raster has:
+    - green, nir and swir1 (Sentinel-2, Landsat): water where MNDWI > 0, MNDWI > NDVI or
+      MNDWI > EVI, EVI < 0.1 (Zou et al. 2017, 2018), SWIR2 < 0.1 and not cloud (bright
+      in every visible band, or cirrus in B10); no threshold is fitted to the scene.
+    - green and nir, no SWIR (NAIP, RGB+NIR orthoimagery): NDWI above Otsu's threshold
+      where the raster's NDWI histogram is bimodal (Ashman's D > 2), else above 0.
+    - red, green and blue only: the HSV rule (blue-to-cyan pixels), score above 0.5.
+    Digital numbers: 16-bit integers are read as reflectance x 10000 (Sentinel-2's
+    offset tags applied), the raster's scale/offset metadata wins, reflectance_scale /
+    reflectance_offset override both. Sources: plugins/geoseg-spectral/README.md.
+    """
 
     name = "spectral"
     description = (
