@@ -18,8 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from geoseg import errors
-from geoseg.errors import BackendError, GeosegError, OptionError, OutputError
+from geoseg.errors import (
+    BackendError,
+    GeosegError,
+    OptionError,
+    OutputBusyError,
+    OutputError,
+)
 
 if TYPE_CHECKING:
     from geoseg.backend import Backend
@@ -32,8 +37,8 @@ def stops_job(exc: BaseException) -> bool:
     Options, the backend and its model, and outputs that cannot be written; not an
     output another run is writing now (``OutputBusyError``), which concerns that one.
     """
-    busy = getattr(errors, "OutputBusyError", ())
-    return isinstance(exc, (OptionError, BackendError, OutputError)) and not isinstance(exc, busy)
+    whole = isinstance(exc, (OptionError, BackendError, OutputError))
+    return whole and not isinstance(exc, OutputBusyError)
 
 
 @dataclass(frozen=True)

@@ -457,12 +457,18 @@ def predict_on_cluster(
         client.submit(_guarded, job.source, _plan_task, spec, job, options, pure=False): job
         for job in jobs
     }
+    unreadable = []
     for future in as_completed(planning):
         result = _outcome(future, planning[future].source)
         if isinstance(result, Failure):
-            failed(result)
+            if fail_fast:
+                failed(result)
+            unreadable.append(result)
         else:
             plans.append(result)
+    # An error every raster repeats stops the job, whichever raster reported it first.
+    for failure in sorted(unreadable, key=lambda f: not f.stops_job):
+        failed(failure)
     # Largest first, so the long rasters start early and small ones fill the gaps.
     plans.sort(key=lambda p: p.pixels, reverse=True)
     workers = worker_count(client)

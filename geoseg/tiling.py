@@ -167,12 +167,18 @@ def tile_sources(
     )
     summary = TileSummary(out_dir)
 
-    def failed(path: str | Path, exc: Exception) -> None:
+    def failed(failure: Failure) -> None:
+        summary.failed.append(failure)
+        if on_failure is not None:
+            on_failure(failure)
+
+    unreadable: list[Failure] = []
+
+    def unusable(path: str | Path, exc: Exception) -> None:
+        """A source that fails its check, reported once all are checked."""
         if fail_fast or stops_job(exc):
             raise exc
-        summary.failed.append(Failure.from_exception(path, exc))
-        if on_failure is not None:
-            on_failure(summary.failed[-1])
+        unreadable.append(Failure.from_exception(path, exc))
 
     opened: list[tuple[RasterSource, TileGrid, object]] = []
     # Folders this call creates, removed again if it fails before filling them.
@@ -183,14 +189,14 @@ def tile_sources(
             try:
                 checked = _open_checked(path, settings, classes)
             except Exception as exc:
-                failed(path, exc)
+                unusable(path, exc)
                 continue
             opened.append(checked)
             try:
                 _check_same_bands([opened[0][0], checked[0]])
             except BandError as exc:
                 _close(opened.pop())
-                failed(path, exc)
+                unusable(path, exc)
         stems = [s.path.stem for s, _, _ in opened]
         if len(set(stems)) != len(stems):
             raise OptionError(
@@ -198,6 +204,8 @@ def tile_sources(
                 f"({', '.join(sorted({s for s in stems if stems.count(s) > 1}))}); chips are "
                 "named after their source, so rename one"
             )
+        for failure in unreadable:
+            failed(failure)
         if not opened:
             return summary
 
@@ -234,9 +242,7 @@ def tile_sources(
             if isinstance(result, Failure):
                 if fail_fast or result.stops_job:
                     raise result.error()
-                summary.failed.append(result)
-                if on_failure is not None:
-                    on_failure(result)
+                failed(result)
                 continue
             tiled.append((source, grid, labels))
             summary.done.append(Path(source.path))

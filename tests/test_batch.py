@@ -139,9 +139,15 @@ def test_fail_fast_stops_at_the_bad_raster(scenes, invoke, tmp_path, command):
     assert not (out / "c.tif").exists() and not (out / "dataset.json").exists()
 
 
-@pytest.mark.parametrize("command", ["predict", "tile"])
-def test_an_option_error_stops_the_batch_in_one_line(scenes, invoke, tmp_path, command):
-    """An error every source would repeat concerns the command, not a source."""
+@pytest.mark.parametrize(
+    "command, extra", [("predict", ()), ("tile", ()), ("predict", ("--workers", "2"))]
+)
+def test_an_option_error_stops_the_batch_in_one_line(scenes, invoke, tmp_path, command, extra):
+    """An error every source would repeat concerns the command, not a source: one line,
+    whichever source reports it first, and no line for a bad source checked before it."""
+    if extra:
+        pytest.importorskip("distributed")
+    truncated_copy(scenes[0])
     out = tmp_path / "out"
     args = ("--backend", "spectral") if command == "predict" else ()
     result = invoke(
@@ -157,9 +163,10 @@ def test_an_option_error_stops_the_batch_in_one_line(scenes, invoke, tmp_path, c
         "--overlap",
         "40",
         "-q",
+        *extra,
         expect=2,
     )
-    assert result.output.splitlines() == [
+    assert lines(result.output) == [
         "geoseg: error: overlap (40 px) must be at least 0 and smaller than the chip size (32 px)"
     ]
     assert not out.exists()

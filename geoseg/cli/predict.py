@@ -240,13 +240,12 @@ def _predict_here(pending, backend, spec, settings, fail_fast, quiet):
 
     report = BatchReport()
 
-    def failed(job, exc) -> None:
+    def failed(job, exc) -> Failure:
         if fail_fast or stops_job(exc):
             raise exc
-        report.failed.append(Failure.from_exception(job.source, exc))
-        echo_failure(report.failed[-1])
+        return Failure.from_exception(job.source, exc)
 
-    checked = []
+    checked, unreadable = [], []
     for job in pending:
         try:
             # As the cluster plans every raster first: bad files fail before any model loads.
@@ -258,9 +257,13 @@ def _predict_here(pending, backend, spec, settings, fail_fast, quiet):
                 overlap=settings.overlap,
             )
         except Exception as exc:
-            failed(job, exc)
+            unreadable.append(failed(job, exc))
         else:
             checked.append(job)
+    # Reported once all are checked: an error every source repeats stops the job first.
+    for failure in unreadable:
+        report.failed.append(failure)
+        echo_failure(failure)
     if checked:
         backend.load(spec.model, spec.device)
     for job in checked:
@@ -271,7 +274,8 @@ def _predict_here(pending, backend, spec, settings, fail_fast, quiet):
             ):
                 predict_job(backend, job, settings, progress=bar, vector_progress=shapes)
         except Exception as exc:
-            failed(job, exc)
+            report.failed.append(failed(job, exc))
+            echo_failure(report.failed[-1])
         else:
             report.done.append(job)
             _echo_done(job)
