@@ -217,6 +217,7 @@ class SpectralBackend(Backend):
             trains=False,
             bands=INDEX_BANDS[options.index],
             chip_size=512,
+            weights=False,
         )
 
     def classes(self) -> ClassMap:
