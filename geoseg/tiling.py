@@ -254,6 +254,7 @@ def tile_sources(
             summary.below_min_valid += result.below_min_valid
             summary.class_pixels.update(result.class_pixels)
         if not tiled:
+            held.close()  # the lock file first, or the folder it sits in is not empty
             _remove_empty(created)
             return summary
         if not summary.chips:
@@ -263,6 +264,7 @@ def tile_sources(
         _write_dataset_json(summary, out_dir, tiled, settings, label_classes)
         return summary
     except BaseException:
+        held.close()  # the lock file first, or the folder it sits in is not empty
         _remove_empty(created)
         raise
     finally:
