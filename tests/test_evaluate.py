@@ -118,3 +118,34 @@ def test_cli_prints_table_and_writes_json(tmp_path, prediction, invoke):
     image = write(tmp_path / "image.tif", np.zeros((40, 40), np.float32), nodata=None)
     bad = invoke("evaluate", prediction, image, expect=2)
     assert "integer class ids" in bad.output
+
+
+def test_unlabeled_ignore_scores_only_the_drawn_polygons(tmp_path, prediction, invoke):
+    # A sparse hand-drawn lake over columns 10..29: inside, predicted water is cols 10..24.
+    lake = shapely.box(500100.0, 5199600.0, 500300.0, 5200000.0)
+    gpd.GeoDataFrame({"class_id": [1]}, geometry=[lake], crs="EPSG:32614").to_file(
+        tmp_path / "lake.gpkg"
+    )
+    sparse = evaluate_mask(prediction, tmp_path / "lake.gpkg", unlabeled="ignore")
+    assert sparse.pixels == 40 * 20
+    np.testing.assert_array_equal(sparse.confusion, [[0, 0], [200, 600]])
+    # background has no label pixels: no IoU of 0 dragging the mean down
+    assert sparse.unreferenced.tolist() == [True, False]
+    assert np.isnan(sparse.iou[0]) and sparse.iou[1] == pytest.approx(0.75)
+    assert sparse.mean_iou == pytest.approx(0.75)
+    dense = evaluate_mask(prediction, tmp_path / "lake.gpkg")
+    assert dense.pixels == 1600 and not dense.unreferenced.any()
+
+    result = invoke("evaluate", prediction, tmp_path / "lake.gpkg", "--unlabeled", "ignore",
+                    "--json", tmp_path / "s.json", "-q")
+    assert "no label pixels" in result.output
+    assert "mean IoU 0.7500" in result.output
+    report = json.loads((tmp_path / "s.json").read_text())
+    assert report["classes_without_labels"] == [0]
+    assert report["classes"][0]["iou"] is None and report["mean_iou"] == 0.75
+
+
+def test_labels_with_no_scored_pixel_are_an_error(tmp_path, prediction):
+    labels = write(tmp_path / "all_nodata.tif", np.full((40, 40), 255, np.uint8))
+    with pytest.raises(LabelsError, match="no pixel has both a label and a prediction"):
+        evaluate_mask(prediction, labels)

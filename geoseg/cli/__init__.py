@@ -95,7 +95,8 @@ def _usage_line(exc: click.UsageError) -> str:
     message = " ".join(exc.format_message().split()).rstrip(".")
     if message[:1].isupper() and not message[1:2].isupper():
         message = message[0].lower() + message[1:]
-    command = exc.ctx.command_path if exc.ctx is not None else "geoseg"
+    # The root is geoseg whatever name the program was started under.
+    command = " ".join(["geoseg", *(exc.ctx.command_path.split()[1:] if exc.ctx else [])])
     return f"{message} (see {command} --help)"
 
 
