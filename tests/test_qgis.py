@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from conftest import EXAMPLE_NAIP, NAIP
+from conftest import EXAMPLE_NAIP, NAIP, REPO
 
 QGIS_PYTHON = "/usr/bin/python3"
 SAMPLE = NAIP if NAIP.exists() else EXAMPLE_NAIP
 GEOSEG = Path(sys.executable).with_name("geoseg")
+PLUGINS = REPO / "qgis"
 
 
 @functools.cache
@@ -41,8 +42,27 @@ def qgis_missing() -> str | None:
     return None
 
 
-@pytest.fixture(autouse=True)
-def _skip_without_qgis():
+def qgis_process_missing() -> str | None:
+    """Why qgis_process cannot run here, or None when it can."""
+    if qgis_missing() is not None:
+        return qgis_missing()
+    if qgis_process_command() is None:
+        return "qgis_process not installed (apt-get install qgis)"
+    return None
+
+
+def qgis_process_command() -> str | None:
+    # Debian's /usr/bin/qgis_process wrapper adds --noversioncheck, which qgis_process 3.22
+    # rejects ("Command --noversioncheck not known!"): run the binary it wraps.
+    for name in ("/usr/bin/qgis_process.bin", "qgis_process"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture
+def qgis():
     reason = qgis_missing()
     if reason is not None:
         pytest.skip(reason)
@@ -161,7 +181,7 @@ def outputs(tmp_path_factory):
     return out
 
 
-def test_outputs_open_styled_in_qgis(outputs):
+def test_outputs_open_styled_in_qgis(qgis, outputs):
     with rasterio.open(SAMPLE) as source:
         size = [source.width, source.height]
     renders = [
@@ -232,3 +252,235 @@ def test_outputs_open_styled_in_qgis(outputs):
     tinted = styled[:, inner_water]
     assert (tinted[2] > tinted[0]).mean() > 0.99  # blue over red
     assert tinted.std(axis=1).min() > 1  # the image shows through: not one flat colour
+
+
+# The Processing provider (qgis/geoseg_qgis) -----------------------------------------------
+
+
+def provider_runner():
+    """The plugin's runner module; it imports no QGIS, so it runs in this Python too."""
+    sys.path.insert(0, str(PLUGINS))
+    try:
+        from geoseg_qgis import runner
+    finally:
+        sys.path.remove(str(PLUGINS))
+    return runner
+
+
+def test_progress_lines_reach_the_caller_and_errors_are_the_cli_line(tmp_path):
+    runner = provider_runner()
+    progress, output = [], []
+    command = [str(GEOSEG), "index", str(SAMPLE), "--bands", "naip", "-o", str(tmp_path / "i.tif")]
+    runner.run_geoseg(
+        command,
+        on_progress=lambda fraction, what: progress.append((fraction, what)),
+        on_output=output.append,
+    )
+    assert progress and progress[-1][0] == 1.0
+    assert [f for f, _ in progress] == sorted(f for f, _ in progress)
+    assert not [line for line in output if line.startswith("{")]  # JSON lines are progress
+    # QGIS's own PROJ and Python settings must not reach geoseg
+    env = runner.clean_environment({"PROJ_DATA": "/usr/share/proj", "PYTHONPATH": "/q", "A": "b"})
+    assert env["A"] == "b" and "PROJ_DATA" not in env and "PYTHONPATH" not in env
+    assert env["GEOSEG_PROGRESS"] == "json"
+    with pytest.raises(runner.GeosegCommandError) as failed:
+        runner.run_geoseg([*command, "--bands", "sentinel2", "--overwrite"])
+    message = str(failed.value)
+    assert "sentinel2" in message and "\n" not in message and "geoseg: error" not in message
+
+
+def test_cancel_stops_geoseg_and_leaves_no_partial_output(tmp_path):
+    runner = provider_runner()
+    seen = []
+    out = tmp_path / "mask.tif"
+    command = [str(GEOSEG), "predict", str(SAMPLE), "--backend", "spectral", "--bands", "naip"]
+    command += ["-o", str(out), "--size", "64", "--overlap", "32", "--batch-size", "1"]
+    with pytest.raises(runner.GeosegCommandError, match="cancelled"):
+        runner.run_geoseg(
+            command,
+            on_progress=lambda fraction, what: seen.append(fraction),
+            is_canceled=lambda: bool(seen),
+        )
+    assert seen and seen[0] < 1.0
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def qgis_process(tmp_path_factory):
+    """``qgis_process(*args)``: QGIS's command line with the geoseg plugin enabled, in an
+    environment like QGIS's own (PROJ_DATA pointing at QGIS's PROJ)."""
+    reason = qgis_process_missing()
+    if reason is not None:
+        pytest.skip(reason)
+    home = tmp_path_factory.mktemp("qgis-home")
+    profile = home / ".local/share/QGIS/QGIS3/profiles/default/QGIS"
+    profile.mkdir(parents=True)
+    (profile / "QGIS3.ini").write_text("[PythonPlugins]\ngeoseg_qgis=true\n")
+    env = {
+        **qgis_env(home),
+        "QGIS_PLUGINPATH": str(PLUGINS),
+        "GEOSEG_EXECUTABLE": str(GEOSEG),
+        "PROJ_DATA": "/usr/share/proj",  # QGIS's PROJ: geoseg must not see it
+    }
+
+    def run(*args, expect_ok: bool = True) -> dict | subprocess.CompletedProcess:
+        result = subprocess.run(
+            [qgis_process_command(), "--json", "run", *map(str, args)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if not expect_ok:
+            return result
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return json.loads(result.stdout)
+
+    return run
+
+
+def test_processing_algorithms_run_from_qgis_process(qgis_process, tmp_path):
+    out = tmp_path
+    predicted = qgis_process(
+        "geoseg:predict", "--", f"INPUT={SAMPLE}", "BACKEND=spectral", "BANDS=naip",
+        f"OUTPUT={out / 'naip.tif'}", f"VECTOR={out / 'naip.gpkg'}",
+    )  # fmt: skip
+    assert predicted["results"] == {
+        "OUTPUT": str(out / "naip.tif"),
+        "VECTOR": str(out / "naip.gpkg"),
+    }
+    tiled = qgis_process(
+        "geoseg:tile", "--", f"INPUT={SAMPLE}", "BANDS=naip", "SIZE=256", "OVERLAP=0",
+        f"LABELS={out / 'naip.tif'}", f"OUTPUT={out / 'chips'}",
+    )  # fmt: skip
+    assert tiled["results"]["TILES"] == f"{out / 'chips' / 'tiles.gpkg'}|layername=tiles"
+    assert len(list((out / "chips" / "labels").glob("*.tif"))) == 12
+    scored = qgis_process(
+        "geoseg:evaluate", "--", f"PREDICTION={out / 'naip.tif'}",
+        f"LABELS={out / 'naip.gpkg'}", f"OUTPUT={out / 'scores.json'}",
+    )  # fmt: skip
+    scores = json.loads((out / "scores.json").read_text())
+    assert scored["results"]["OUTPUT"] == str(out / "scores.json")
+    assert "water" in json.dumps(scores)  # the polygons are the mask: the classes agree
+    qgis_process(
+        "geoseg:prompts", "--", f"INPUT={SAMPLE}", "BANDS=naip", "NEGATIVE=2",
+        f"OUTPUT={out / 'prompts.gpkg'}",
+    )  # fmt: skip
+    qgis_process("geoseg:vectorize", "--", f"INPUT={out / 'naip.tif'}", f"OUTPUT={out / 'v.gpkg'}")
+    qgis_process(
+        "geoseg:index", "--", f"INPUT={SAMPLE}", "BANDS=naip", "INDEX=ndwi",
+        f"OUTPUT={out / 'ndwi.tif'}",
+    )  # fmt: skip
+    report = run_probe(
+        out,
+        {
+            "mask": str(out / "naip.tif"),
+            "polygons": f"{out / 'naip.gpkg'}|layername=classes",
+            "vectorized": f"{out / 'v.gpkg'}|layername=classes",
+            "points": f"{out / 'prompts.gpkg'}|layername=points",
+            "tiles": f"{out / 'chips' / 'tiles.gpkg'}|layername=tiles",
+        },
+    )
+    assert report["mask"]["renderer"] == "paletted"
+    assert [c[1] for c in report["mask"]["classes"]] == ["background", "water"]
+    for name in ("polygons", "vectorized", "points", "tiles"):
+        assert report[name]["renderer"] == "categorizedSymbol", name
+    with rasterio.open(out / "ndwi.tif") as ndwi:
+        assert ndwi.dtypes[0] == "float32" and ndwi.crs.to_epsg() == 26914
+
+
+def test_train_runs_from_qgis_process(qgis_process, tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("geoseg_segformer")
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    tiny = SegformerConfig(
+        num_encoder_blocks=2, depths=[1, 1], hidden_sizes=[16, 32], num_attention_heads=[1, 2],
+        sr_ratios=[4, 2], patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2],
+        decoder_hidden_size=32,
+    )  # fmt: skip
+    SegformerForSemanticSegmentation(tiny).save_pretrained(tmp_path / "tiny")
+    geoseg("predict", SAMPLE, "--backend", "spectral", "--bands", "naip", "-o",
+           tmp_path / "naip.tif", "-q")  # fmt: skip
+    geoseg("tile", SAMPLE, "--bands", "naip", "--size", "128", "--overlap", "0", "--labels",
+           tmp_path / "naip.tif", "-o", tmp_path / "chips", "-q")  # fmt: skip
+    trained = qgis_process(
+        "geoseg:train", "--", f"CHIPS={tmp_path / 'chips'}", "BACKEND=segformer",
+        f"MODEL={tmp_path / 'tiny'}", "EPOCHS=1", "DEVICE=cpu", "BATCH_SIZE=4",
+        "OPTIONS=num_workers=0",
+        f"OUTPUT={tmp_path / 'model'}",
+    )  # fmt: skip
+    assert trained["results"]["OUTPUT"] == str(tmp_path / "model")
+    assert (tmp_path / "model" / "geoseg_model.json").exists()
+
+
+def test_a_bad_input_fails_with_the_cli_message(qgis_process, tmp_path):
+    result = qgis_process(
+        "geoseg:predict", "--", f"INPUT={SAMPLE}", "BACKEND=spectral", "BANDS=sentinel2",
+        f"OUTPUT={tmp_path / 'bad.tif'}", expect_ok=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "sentinel2" in line]
+    assert any("names 13 bands" in line for line in errors), result.stdout + result.stderr
+    assert not (tmp_path / "bad.tif").exists()
+
+
+# Inside QGIS: Processing loads the outputs into the project styled; cancel stops geoseg.
+IN_PROCESSING = r"""
+import json, os, sys
+sys.path[:0] = ["/usr/share/qgis/python/plugins", sys.argv[1]]
+from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingFeedback, QgsProject
+app = QgsApplication([], False)
+app.initQgis()
+from processing.core.Processing import Processing
+Processing.initialize()
+import processing
+from geoseg_qgis.plugin import GeosegPlugin
+plugin = GeosegPlugin()
+plugin.initProcessing()
+out, sample = sys.argv[2], sys.argv[3]
+params = {"INPUT": sample, "BACKEND": "spectral", "BANDS": "naip",
+          "OUTPUT": f"{out}/m.tif", "VECTOR": f"{out}/m.gpkg"}
+context = QgsProcessingContext()
+context.setProject(QgsProject.instance())
+processing.runAndLoadResults("geoseg:predict", params, context=context)
+report = {"loaded": {layer.name(): layer.renderer().type()
+                     for layer in QgsProject.instance().mapLayers().values()}}
+
+class Recorder(QgsProcessingFeedback):
+    errors = []
+    def reportError(self, error, fatalError=False):
+        self.errors.append(error)
+
+feedback = Recorder()
+feedback.progressChanged.connect(lambda value: feedback.cancel())
+algorithm = QgsApplication.processingRegistry().createAlgorithmById("geoseg:predict")
+slow = {**params, "SIZE": "64", "OVERLAP": "32", "OUTPUT": f"{out}/c.tif", "VECTOR": None}
+_, ok = algorithm.run(slow, QgsProcessingContext(), feedback)
+report["cancel"] = [ok, feedback.errors]
+report["files"] = sorted(os.listdir(out))
+print("PROBE " + json.dumps(report), flush=True)
+os._exit(0)
+"""
+
+
+def test_processing_loads_outputs_styled_and_cancel_stops_geoseg(qgis, tmp_path):
+    script = tmp_path / "in_processing.py"
+    script.write_text(IN_PROCESSING)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**qgis_env(tmp_path), "GEOSEG_EXECUTABLE": str(GEOSEG), "PROJ_DATA": "/usr/share/proj"}
+    result = subprocess.run(
+        ["xvfb-run", "-a", QGIS_PYTHON, str(script), str(PLUGINS), str(out), str(SAMPLE)],
+        env={**env, "QT_QPA_PLATFORM": "xcb"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("PROBE ")]
+    assert result.returncode == 0 and lines, result.stdout + result.stderr
+    report = json.loads(lines[-1][len("PROBE ") :])
+    assert report["loaded"] == {"Class mask": "paletted", "Class polygons": "categorizedSymbol"}
+    ok, errors = report["cancel"]
+    assert not ok and any("cancelled" in error for error in errors)
+    assert report["files"] == ["m.gpkg", "m.qml", "m.tif"]  # nothing of the cancelled run
