@@ -81,8 +81,18 @@ class GeosegGroup(click.Group):
                 return super().invoke(ctx)
         except GeosegError as exc:
             raise UserError(str(exc)) from None
+        except click.exceptions.NoArgsIsHelpError:
+            raise
         except click.UsageError as exc:
             # One line like geoseg's own errors, instead of click's usage block.
+            raise UserError(_usage_line(exc)) from None
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:  # geoseg's own options: geoseg --bogus
             raise UserError(_usage_line(exc)) from None
         except KeyboardInterrupt:
             # Ctrl-C or SIGTERM: temporary files are already removed on the way up.
