@@ -50,11 +50,22 @@ def label_layer(path: str | Path) -> str | None:
     try:
         listed = pyogrio.list_layers(path)
     except Exception as exc:  # pyogrio raises its own DataSourceError family
-        raise InputFileError(f"{path}: not a vector file geoseg can read ({exc})") from None
+        raise InputFileError(
+            f"{path}: not a vector file geoseg can read ({_ogr_reason(exc)}); give a GeoPackage, "
+            f"GeoJSON or Shapefile of labelled polygons"
+        ) from None
     spatial = [str(name) for name, geometry_type in listed if geometry_type is not None]
     if CLASSES_LAYER in spatial:
         return CLASSES_LAYER
     return spatial[0] if spatial else None
+
+
+def _ogr_reason(exc: Exception) -> str:
+    """GDAL's reason in one short line, without its hint about driver prefixes."""
+    text = " ".join(str(exc).split()).split("; It might help")[0].rstrip(".")
+    if text.startswith("'") and "' " in text:  # "'<file>' not recognized as ..."
+        text = text.split("' ", 1)[1]
+    return text
 
 
 def warn_if_nodata_is_class(path: str | Path, nodata, classes: ClassMap | None) -> None:
