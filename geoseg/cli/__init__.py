@@ -86,6 +86,10 @@ class GeosegGroup(click.Group):
         except click.UsageError as exc:
             # One line like geoseg's own errors, instead of click's usage block.
             raise UserError(_usage_line(exc)) from None
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM (geoseg.signals): temporary files are already removed.
+            click.echo("geoseg: interrupted", err=True)
+            raise click.exceptions.Exit(1) from None
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:
