@@ -79,17 +79,17 @@ def save_vit_b(folder: Path) -> Path:
 
 def train(chips: Path, model: Path, out: Path, cache: str, epochs: int, batch: int,
           prompt: str) -> list[dict]:
+    from geoseg_sam.backend import SamBackend
     from geoseg_sam.options import SamOptions
-    from geoseg_sam.train import train_decoder
 
     from geoseg.backend import TrainSettings
     from geoseg.dataset import ChipDataset
 
     settings = TrainSettings(
         output_dir=out, model=str(model), epochs=epochs, batch_size=batch, device="cpu",
-        progress=False,
     )
-    train_decoder(ChipDataset.open(chips), settings, SamOptions(cache=cache, prompt=prompt))
+    backend = SamBackend(SamOptions(cache=cache, prompt=prompt))
+    backend.train(ChipDataset.open(chips), settings)
     return json.loads((out / "history.json").read_text())
 
 

@@ -25,11 +25,15 @@ from geoseg.errors import BackendError
 if TYPE_CHECKING:
     from geoseg.dataset import ChipDataset
     from geoseg.raster import RasterSource
+    from geoseg.training import TrainingTask
     from geoseg.windows import Tile
 
 #: Version of this contract. A backend declares the version it was written for in
 #: ``Backend.contract_version``; the plugin manager refuses a mismatch with a clear message.
-CONTRACT_VERSION = 1
+#: Version 2: training through ``geoseg.training`` (``Backend.training_task``), the model
+#: manifest ``geoseg_model.json``, ``TrainSettings`` with "not given" values and a
+#: progress channel (see docs/plugins.md, "Contract version").
+CONTRACT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -113,18 +117,21 @@ class TrainSettings:
     """What ``geoseg train`` passes to ``Backend.train``.
 
     ``model``: base checkpoint (hub id or folder) or None for the backend's default.
-    ``lr`` None means the backend's default. ``device``: auto, cpu, cuda or mps.
+    ``epochs``, ``batch_size`` and ``lr`` are None when the user did not give them: the
+    backend's defaults apply (a backend can warn when a given value does not apply).
+    ``device``: auto, cpu, cuda or mps. ``progress``: where the run reports progress,
+    messages and one line per epoch (a ``geoseg.training.TrainingProgress``); None logs only.
     """
 
     output_dir: Path
     model: str | None = None
-    epochs: int = 10
-    batch_size: int = 8
+    epochs: int | None = None
+    batch_size: int | None = None
     lr: float | None = None
     device: str = "auto"
     resume: bool = False
     seed: int = 0
-    progress: bool = True
+    progress: Any = None
 
 
 @dataclass(frozen=True)
@@ -184,15 +191,26 @@ class Backend:
         """Class probabilities (N, C, H, W) float32 for a batch; C = ``len(classes())``."""
         raise NotImplementedError
 
+    def training_task(self) -> TrainingTask | None:
+        """What this backend trains through the training core (``geoseg.training``):
+        model build, loss, forward step, saving weights. None: it does not train there."""
+        return None
+
     def train(self, dataset: ChipDataset, settings: TrainSettings) -> Path:
         """Train on a chip dataset and save the model in ``settings.output_dir``.
 
-        Returns the folder holding the model. Backends that do not train keep this default.
+        Returns the folder holding the model. The default runs ``training_task()`` through
+        the training core; a backend with its own trainer may override this instead.
         """
-        raise BackendError(
-            f"backend {self.name!r} does not train; pick a backend whose capabilities "
-            f"include 'trains' (see geoseg backends)"
-        )
+        task = self.training_task()
+        if task is None:
+            raise BackendError(
+                f"backend {self.name!r} does not train; pick a backend whose capabilities "
+                f"include 'trains' (see geoseg backends)"
+            )
+        from geoseg.training import train_backend
+
+        return train_backend(self, task, dataset, settings)
 
 
 def resolve_device(name: str = "auto") -> str:

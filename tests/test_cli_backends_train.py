@@ -128,8 +128,9 @@ def test_train_hands_the_chip_set_and_settings_to_the_backend(
         device="cpu",
         resume=False,
         seed=7,
-        progress=False,
+        progress=settings.progress,  # the CLI's progress channel (-q: warnings only)
     )
+    assert callable(settings.progress.epoch)
     assert options.threshold == 5.0
     assert dataset.band_names == ("red", "green", "blue", "nir")
     assert len(labels) == 4 and sum(int((label == 1).sum()) for label in labels) == 64 * 24

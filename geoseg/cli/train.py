@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import click
+from tqdm import tqdm
 
 from geoseg.cli.options import (
     backend_option,
@@ -15,6 +17,50 @@ from geoseg.cli.options import (
     quiet_option,
     seed_option,
 )
+
+
+class TrainingBar:
+    """The training core's progress channel as bars and lines on stderr.
+
+    ``quiet`` keeps only warnings. Lines are written between the bars (tqdm.write) so a
+    bar never swallows them.
+    """
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.bar: tqdm | None = None
+
+    def _write(self, text: str) -> None:
+        tqdm.write(text, file=sys.stderr)
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            self._write(text)
+
+    def warning(self, text: str) -> None:
+        self._write(f"warning: {text}")
+
+    def stage(self, name: str, total: int) -> None:
+        self.end_stage()
+        if not self.quiet:
+            self.bar = tqdm(
+                total=total, desc=name, unit="batch", file=sys.stderr,
+                dynamic_ncols=True, leave=False,
+            )  # fmt: skip
+
+    def advance(self, steps: int = 1, loss: float | None = None) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def end_stage(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def epoch(self, record: dict, line: str) -> None:
+        self.message(line)
 
 
 @click.command()
@@ -29,8 +75,18 @@ from geoseg.cli.options import (
     help="Folder for the trained model.",
 )
 @model_option("Base checkpoint to start from (default: the backend's).")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Epochs (default: the backend's, 10).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Chips per step (default: the backend's, 8).",
+)
 @click.option(
     "--lr",
     type=click.FloatRange(min=0, min_open=True),
@@ -50,8 +106,8 @@ def train(
     backend_name: str,
     output_dir: Path,
     model: str | None,
-    epochs: int,
-    batch_size: int,
+    epochs: int | None,
+    batch_size: int | None,
     lr: float | None,
     device: str,
     resume: bool,
@@ -64,7 +120,10 @@ def train(
     """Train backend NAME on the chips and labels in CHIPS_DIR (made by geoseg tile --labels).
 
     The backend receives the images, labels, train/val splits, classes and band names, and
-    saves its model in the output folder. Multi-GPU: accelerate launch -m geoseg train ...
+    saves its model in the output folder with geoseg_model.json describing it. Progress
+    shows as a bar, and one line per epoch gives the loss and validation scores. Without
+    val chips in CHIPS_DIR a seeded share of the training chips is held out (option
+    val_fraction). Multi-GPU: accelerate launch -m geoseg train ...
 
     \b
     Example:
@@ -128,7 +187,7 @@ def train(
         device=device,
         resume=resume,
         seed=seed,
-        progress=not quiet,
+        progress=TrainingBar(quiet=quiet),
     )
     saved = backend.train(dataset, settings)
     # Every process of a data-parallel run returns here; the model was written once.

@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geoseg.backend import Backend, Capabilities, ChipBatch, TrainSettings, resolve_device
+from geoseg.backend import Backend, Capabilities, ChipBatch, resolve_device
 from geoseg.classes import ClassMap
 from geoseg.errors import BackendError, WeightsError
 from geoseg_sam.options import SamOptions
 
 if TYPE_CHECKING:
-    from geoseg.dataset import ChipDataset
     from geoseg.raster import RasterSource
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,9 @@ class _CapabilitiesDescriptor:
 
 class SamBackend(Backend):
     name = "sam"
-    description = "Segment Anything: frozen encoders, trainable mask decoder, spectral or file prompts"
+    description = (
+        "Segment Anything: frozen encoders, trainable mask decoder, spectral or file prompts"
+    )
     Options = SamOptions
 
     capabilities = _CapabilitiesDescriptor()  # type: ignore[assignment]
@@ -94,7 +95,9 @@ class SamBackend(Backend):
             try:
                 settings = json.loads((folder / SETTINGS_FILE).read_text())
             except (OSError, json.JSONDecodeError) as exc:
-                raise WeightsError(f"{folder / SETTINGS_FILE}: unreadable ({exc}); retrain the model") from None
+                raise WeightsError(
+                    f"{folder / SETTINGS_FILE}: unreadable ({exc}); retrain the model"
+                ) from None
             if not (folder / DECODER_FILE).is_file():
                 raise WeightsError(
                     f"{folder}: no {DECODER_FILE} yet (training stopped before the first epoch "
@@ -121,8 +124,8 @@ class SamBackend(Backend):
         auto = (self.settings or {}).get("auto_prompts", {})
         kind = saved.get("kind", self.options.prompt)
         return {
-            "index": self.options.index or auto.get("index", "ndwi"),
-            "threshold": self.options.threshold or auto.get("threshold", "otsu"),
+            "index": self.options.index or auto.get("index", "auto"),
+            "threshold": self.options.threshold or auto.get("threshold", "auto"),
             "points": 0 if kind == "boxes" else int(saved.get("positive", self.options.positive)),
             "negative": int(saved.get("negative", self.options.negative)),
             "boxes": kind == "boxes",
@@ -151,7 +154,10 @@ class SamBackend(Backend):
             for row in np.unique(rows):
                 for col in np.unique(cols):
                     data, valid = source.read(Window(int(col), int(row), size, size))
-                    yield select_bands(data, source.band_names, self.bands, source=str(source.path)), valid
+                    yield (
+                        select_bands(data, source.band_names, self.bands, source=str(source.path)),
+                        valid,
+                    )
 
         self.raster_stretch = BandStretch.fit(windows(), self.bands, (2.0, 98.0), rng)
 
@@ -169,7 +175,9 @@ class SamBackend(Backend):
         probabilities = np.zeros((count, 2, height, width), np.float32)
         probabilities[:, 0] = 1.0
         if batch.prompts is None:
-            raise BackendError("the sam backend needs prompts: pass --prompts auto or a prompts file")
+            raise BackendError(
+                "the sam backend needs prompts: pass --prompts auto or a prompts file"
+            )
         prompted = [i for i, p in enumerate(batch.prompts) if not p.empty]
         if not prompted:
             return probabilities
@@ -182,7 +190,12 @@ class SamBackend(Backend):
             embeddings = image_embeddings(self.model, pixel_values)
             for j, i in enumerate(prompted):
                 water = segment_chip(
-                    self.model, embeddings[j], batch.prompts[i], self.frame, height, width,
+                    self.model,
+                    embeddings[j],
+                    batch.prompts[i],
+                    self.frame,
+                    height,
+                    width,
                     self.multimask,
                 )
                 water = water.cpu().numpy()
@@ -190,8 +203,8 @@ class SamBackend(Backend):
                 probabilities[i, 0] = 1.0 - water
         return probabilities
 
-    def train(self, dataset: ChipDataset, settings: TrainSettings) -> Path:
-        """Tune the mask decoder on the chip dataset; the model goes to ``settings.output_dir``."""
-        from geoseg_sam.train import train_decoder
+    def training_task(self):
+        """The mask decoder trains through geoseg's training core with the SAM task."""
+        from geoseg_sam.train import SamTask
 
-        return train_decoder(dataset, settings, self.options)
+        return SamTask(self.options)

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from geoseg.errors import OptionError
+from geoseg.training import TrainingOptions
 
 PROMPT_KINDS = ("points", "boxes")
 MULTIMASK_MODES = ("mean", "best", "single")
 LOSSES = ("dice", "dicece", "focal")
-SCHEDULES = ("cosine", "linear")
 #: Erosion radius (pixels) used by ``erode=true``.
 DEFAULT_ERODE = 3
 #: ``cache=off`` recomputes the image embeddings every epoch.
@@ -18,8 +18,8 @@ CACHE_OFF = "off"
 
 
 @dataclass(frozen=True)
-class SamOptions:
-    """Options of the ``sam`` backend.
+class SamOptions(TrainingOptions):
+    """Options of the ``sam`` backend (plus the training core's, e.g. ``warmup``).
 
     Training prompts: ``prompt`` kind; ``positive`` points per water component (each
     becomes one prompt, with the chip's ``negative`` points attached); ``erode`` keeps
@@ -32,8 +32,12 @@ class SamOptions:
     every epoch covers the rest). ``bands``: three band names fed as R, G, B.
     ``percentiles``: low and high percentiles of the 8-bit stretch. ``target``: the class to
     segment when the dataset has more than one. ``index`` / ``threshold``: override the
-    spectral prompt settings of ``--prompts auto`` at prediction.
+    spectral prompt settings of ``--prompts auto`` at prediction. ``augment`` is off by
+    default: a flipped chip is a new embedding, so it would defeat the embedding cache.
     """
+
+    warmup: float = 0.1
+    augment: bool = False
 
     bands: tuple[str, ...] = ("red", "green", "blue")
     prompt: Literal["points", "boxes"] = "points"
@@ -45,15 +49,13 @@ class SamOptions:
     loss: Literal["dice", "dicece", "focal"] = "dicece"
     cache: str | None = None
     max_prompts: int = 8
-    weight_decay: float = 0.01
-    warmup: float = 0.1
-    schedule: Literal["cosine", "linear"] = "cosine"
     percentiles: tuple[float, float] = (2.0, 98.0)
     target: str | None = None
     index: str | None = None
     threshold: str | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         bands = self.bands
         if isinstance(bands, str):
             bands = tuple(part.strip() for part in bands.split(","))
@@ -69,7 +71,6 @@ class SamOptions:
             ("prompt", PROMPT_KINDS),
             ("multimask", MULTIMASK_MODES),
             ("loss", LOSSES),
-            ("schedule", SCHEDULES),
         ):
             if getattr(self, name) not in choices:
                 raise OptionError(
@@ -88,12 +89,6 @@ class SamOptions:
         ):
             raise OptionError(
                 f"option erode must be true, false or a radius in pixels, got {self.erode!r}"
-            )
-        if not 0 <= self.weight_decay < 1:
-            raise OptionError(f"option weight_decay must be in [0, 1), got {self.weight_decay}")
-        if not 0 <= self.warmup < 1:
-            raise OptionError(
-                f"option warmup is a fraction of the training steps in [0, 1), got {self.warmup}"
             )
         low, high = (float(v) for v in self.percentiles)
         if not 0 <= low < high <= 100:

@@ -18,12 +18,12 @@ import rasterio
 import torch
 from click.testing import CliRunner
 from geoseg_sam.options import SamOptions
-from geoseg_sam.train import lr_schedule
 from rasterio.windows import Window
 from safetensors.torch import load_file
 from shapely.geometry import Point
 
 from geoseg.cli import cli
+from geoseg.training import lr_factor
 
 NAIP = Path(__file__).resolve().parents[4] / "shared" / "data" / "naip_rgbn_2020.tif"
 pytestmark = pytest.mark.skipif(not NAIP.exists(), reason="../shared/data samples not present")
@@ -52,9 +52,16 @@ def save_tiny_sam(folder: Path) -> Path:
     size, patch, channels = 128, 8, 64
     config = SamConfig(
         vision_config=dict(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=size,
-            patch_size=patch, output_channels=channels, window_size=4, global_attn_indexes=[1],
-            mlp_dim=64, num_pos_feats=channels // 2,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=size,
+            patch_size=patch,
+            output_channels=channels,
+            window_size=4,
+            global_attn_indexes=[1],
+            mlp_dim=64,
+            num_pos_feats=channels // 2,
             # SamVisionConfig's default (1e-10) leaves random encoders blind to the image.
             initializer_range=0.02,
         ),
@@ -62,8 +69,11 @@ def save_tiny_sam(folder: Path) -> Path:
             hidden_size=channels, image_size=size, patch_size=patch, mask_input_channels=4
         ),
         mask_decoder_config=dict(
-            hidden_size=channels, mlp_dim=2 * channels, num_hidden_layers=2,
-            num_attention_heads=2, iou_head_hidden_dim=channels,
+            hidden_size=channels,
+            mlp_dim=2 * channels,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            iou_head_hidden_dim=channels,
         ),
     )
     torch.manual_seed(0)
@@ -120,16 +130,58 @@ def workspace(tmp_path_factory):
     classes = root / "classes.json"
     classes.write_text(json.dumps([{"id": 0, "name": "background"}, {"id": 1, "name": "water"}]))
     chips = root / "chips"
-    geoseg("tile", crop, "-o", chips, "--bands", "naip", "--size", CHIP, "--overlap", 0,
-           "--labels", labels, "--classes", classes, "--val-fraction", 0.25, "-q")
-    return {"root": root, "tiny": tiny, "crop": crop, "labels": labels, "chips": chips,
-            "water": water.astype(bool)}
+    geoseg(
+        "tile",
+        crop,
+        "-o",
+        chips,
+        "--bands",
+        "naip",
+        "--size",
+        CHIP,
+        "--overlap",
+        0,
+        "--labels",
+        labels,
+        "--classes",
+        classes,
+        "--val-fraction",
+        0.25,
+        "-q",
+    )
+    return {
+        "root": root,
+        "tiny": tiny,
+        "crop": crop,
+        "labels": labels,
+        "chips": chips,
+        "water": water.astype(bool),
+    }
 
 
 def train_args(ws, out, cache, epochs, *extra):
-    return ("train", "--backend", "sam", ws["chips"], "-o", out, "--model", ws["tiny"],
-            "--epochs", epochs, "--batch-size", 2, "--lr", LR, "--device", "cpu", "-q",
-            "--option", f"cache={cache}", *extra)
+    return (
+        "train",
+        "--backend",
+        "sam",
+        ws["chips"],
+        "-o",
+        out,
+        "--model",
+        ws["tiny"],
+        "--epochs",
+        epochs,
+        "--batch-size",
+        2,
+        "--lr",
+        LR,
+        "--device",
+        "cpu",
+        "-q",
+        "--option",
+        f"cache={cache}",
+        *extra,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +196,14 @@ def trained(workspace):
     with pytest.MonkeyPatch.context() as mp:
         resumed = EncoderCalls(mp)
         geoseg(*train_args(workspace, out, cache, RESUMED_EPOCHS, "--resume"))
-    return {"out": out, "cache": cache, "first": first, "resumed": resumed, "before": before,
-            "history": json.loads((out / "history.json").read_text())}
+    return {
+        "out": out,
+        "cache": cache,
+        "first": first,
+        "resumed": resumed,
+        "before": before,
+        "history": json.loads((out / "history.json").read_text()),
+    }
 
 
 def training_set_loss(workspace, model_dir: Path | None, trained_dir: Path) -> float:
@@ -157,35 +215,45 @@ def training_set_loss(workspace, model_dir: Path | None, trained_dir: Path) -> f
     from geoseg_sam.model import image_embeddings
     from geoseg_sam.preprocess import BandStretch
     from geoseg_sam.train import (
-        ChipSet,
+        SamTask,
         draw_training_prompts,
         training_prompt_settings,
         training_step,
     )
 
     from geoseg.dataset import ChipDataset
+    from geoseg.training import ChipSamples
 
     backend = SamBackend(SamOptions())
     backend.load(str(model_dir or workspace["tiny"]), "cpu")
     options = SamOptions()
     dataset = ChipDataset.open(workspace["chips"])
     settings = json.loads((trained_dir / "geoseg_sam.json").read_text())
-    stretch = BandStretch.from_json(settings["stretch"])
-    chips = ChipSet(dataset, dataset.split("train"), options.bands, stretch, target_id=1)
+    task = SamTask(options)
+    task.stretch = BandStretch.from_json(settings["stretch"])
+    task.band_names = dataset.band_names
+    classes = task.classes(dataset, dataset.records)
+    chips = ChipSamples(
+        dataset, dataset.split("train"), task.label_lookup(classes), transform=task.transform
+    )
     settings = training_prompt_settings(options, 0)
     losses = []
     with torch.no_grad():
         for i in range(len(chips)):
             item = chips[i]
             prompts = draw_training_prompts(
-                item["target"], 0, settings, np.random.default_rng(i), backend.frame, 16
+                item["label"], 0, settings, np.random.default_rng(i), backend.frame, 16
             )
             if prompts:
                 pixels = backend.frame.pixel_values(item["image"][None])
                 embedding = image_embeddings(backend.model, pixels)
-                losses.append(float(training_step(
-                    backend.model, embedding, prompts, backend.frame, options, "cpu"
-                )))
+                losses.append(
+                    float(
+                        training_step(
+                            backend.model, embedding, prompts, backend.frame, options, "cpu"
+                        )
+                    )
+                )
     assert len(losses) > len(chips) // 2
     return float(np.mean(losses))
 
@@ -199,7 +267,10 @@ def test_training_lowers_the_loss_and_reads_embeddings_from_the_cache(workspace,
     assert trained_loss < 0.8 * initial_loss, (trained_loss, initial_loss)
     logged = [h["train_loss"] for h in trained["before"]]
     assert np.mean(logged[-3:]) < 0.75 * np.mean(logged[:3]), logged
-    assert all(0 <= h["val_iou"] <= 1 and 0 <= h["val_f1"] <= 1 for h in history)
+    for h in history:
+        water = h["per_class"]["water"]
+        assert h["validated"] and 0 <= water["iou"] <= 1 and 0 <= water["f1"] <= 1
+        assert 0 <= h["mean_iou"] <= 1 and h["val_loss"] is None
 
     from geoseg.dataset import ChipDataset
 
@@ -220,13 +291,15 @@ def test_resume_continues_from_the_saved_epoch(trained):
     assert [h["epoch"] for h in before] == list(range(1, EPOCHS + 1))
     assert [h["epoch"] for h in history] == list(range(1, RESUMED_EPOCHS + 1))
     assert history[:EPOCHS] == before
-    state = json.loads((trained["out"] / "training_state" / "state.json").read_text())
+    state = json.loads((trained["out"] / "checkpoint" / "geoseg_state.json").read_text())
     assert state["epoch"] == RESUMED_EPOCHS
     # The scheduler went on from the saved step instead of warming up again.
     steps = history[0]["steps"]
-    assert state["scheduler"]["last_epoch"] == RESUMED_EPOCHS * steps
-    factor = lr_schedule(SamOptions(), RESUMED_EPOCHS * steps)
+    factor = lr_factor(SamOptions().warmup, RESUMED_EPOCHS * steps, "cosine")
     assert history[EPOCHS]["lr"] == pytest.approx(LR * factor((EPOCHS + 1) * steps))
+    # The checkpoint holds the decoder, not the frozen encoders.
+    weights = load_file(str(trained["out"] / "checkpoint" / "model.safetensors"))
+    assert weights and all(k.startswith("mask_decoder.") or "positional" in k for k in weights)
 
 
 def test_encoders_stay_frozen_and_only_the_decoder_is_saved(workspace, trained):
@@ -247,7 +320,18 @@ def test_encoders_stay_frozen_and_only_the_decoder_is_saved(workspace, trained):
     assert any(not torch.equal(decoder[k], base_state[k]) for k in decoder)
 
     files = {p.name for p in trained["out"].iterdir()}
-    assert {"decoder.safetensors", "geoseg_sam.json", "history.json", "history.png"} <= files
+    assert {
+        "decoder.safetensors",
+        "geoseg_sam.json",
+        "geoseg_model.json",
+        "history.json",
+        "history.png",
+    } <= files
+    manifest = json.loads((trained["out"] / "geoseg_model.json").read_text())
+    assert manifest["backend"]["name"] == "sam" and manifest["bands"] == ["red", "green", "blue"]
+    assert [c["name"] for c in manifest["classes"]] == ["background", "water"]
+    assert manifest["normalization"]["kind"] == "percentile_stretch"
+    assert manifest["chip_size"] == CHIP
     settings = json.loads((trained["out"] / "geoseg_sam.json").read_text())
     assert settings["base_model"] == str(workspace["tiny"].resolve())
     assert settings["bands"] == ["red", "green", "blue"]
@@ -259,9 +343,29 @@ def test_encoders_stay_frozen_and_only_the_decoder_is_saved(workspace, trained):
 def test_predict_with_auto_prompts_is_georeferenced(workspace, trained):
     out = workspace["root"] / "pred" / "water.tif"
     polygons = workspace["root"] / "pred" / "water.gpkg"
-    geoseg("predict", workspace["crop"], "-o", out, "--backend", "sam", "--model",
-           trained["out"], "--bands", "naip", "--size", CHIP, "--overlap", 16,
-           "--prompts", "auto", "--vector", polygons, "--device", "cpu", "-q")
+    geoseg(
+        "predict",
+        workspace["crop"],
+        "-o",
+        out,
+        "--backend",
+        "sam",
+        "--model",
+        trained["out"],
+        "--bands",
+        "naip",
+        "--size",
+        CHIP,
+        "--overlap",
+        16,
+        "--prompts",
+        "auto",
+        "--vector",
+        polygons,
+        "--device",
+        "cpu",
+        "-q",
+    )
     with rasterio.open(out) as mask, rasterio.open(workspace["crop"]) as src:
         assert mask.crs == src.crs
         assert mask.transform == src.transform
@@ -288,9 +392,27 @@ def test_predict_with_a_prompts_file_skips_chips_without_prompts(workspace, trai
 
     calls = EncoderCalls(monkeypatch)
     out = workspace["root"] / "pred-file.tif"
-    geoseg("predict", workspace["crop"], "-o", out, "--backend", "sam", "--model",
-           trained["out"], "--bands", "naip", "--size", CHIP, "--overlap", 0,
-           "--prompts", prompts, "--device", "cpu", "-q")
+    geoseg(
+        "predict",
+        workspace["crop"],
+        "-o",
+        out,
+        "--backend",
+        "sam",
+        "--model",
+        trained["out"],
+        "--bands",
+        "naip",
+        "--size",
+        CHIP,
+        "--overlap",
+        0,
+        "--prompts",
+        prompts,
+        "--device",
+        "cpu",
+        "-q",
+    )
     assert calls.total == 1  # only the prompted chip reached the encoder
     with rasterio.open(out) as mask:
         predicted = mask.read(1)
@@ -302,8 +424,23 @@ def test_zero_shot_with_a_bare_checkpoint(workspace, tmp_path):
     from geoseg_sam.backend import SamBackend
 
     out = tmp_path / "zero.tif"
-    geoseg("predict", workspace["crop"], "-o", out, "--backend", "sam", "--model",
-           workspace["tiny"], "--bands", "naip", "--size", CHIP, "--device", "cpu", "-q")
+    geoseg(
+        "predict",
+        workspace["crop"],
+        "-o",
+        out,
+        "--backend",
+        "sam",
+        "--model",
+        workspace["tiny"],
+        "--bands",
+        "naip",
+        "--size",
+        CHIP,
+        "--device",
+        "cpu",
+        "-q",
+    )
     with rasterio.open(out) as mask:
         assert set(np.unique(mask.read(1))) <= {0, 1}
     assert SamBackend.capabilities().bands == ("red", "green", "blue")
@@ -313,8 +450,18 @@ def test_missing_hub_checkpoint_offline_is_one_line(workspace, tmp_path, monkeyp
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    result = geoseg("train", "--backend", "sam", workspace["chips"], "-o", tmp_path / "m",
-                    "--model", "geoseg-tests/no-such-sam", "-q", expect=2)
+    result = geoseg(
+        "train",
+        "--backend",
+        "sam",
+        workspace["chips"],
+        "-o",
+        tmp_path / "m",
+        "--model",
+        "geoseg-tests/no-such-sam",
+        "-q",
+        expect=2,
+    )
     message = result.output.strip()
     assert len(message.splitlines()) == 1, message
     assert "hf download geoseg-tests/no-such-sam" in message and "--model" in message
@@ -322,11 +469,15 @@ def test_missing_hub_checkpoint_offline_is_one_line(workspace, tmp_path, monkeyp
 
 
 def test_options_are_validated_by_name(workspace, tmp_path):
-    result = geoseg(*train_args(workspace, tmp_path / "m", tmp_path / "c", 1,
-                                "--option", "prompt=lines"), expect=2)
+    result = geoseg(
+        *train_args(workspace, tmp_path / "m", tmp_path / "c", 1, "--option", "prompt=lines"),
+        expect=2,
+    )
     assert "prompt" in result.output and "points" in result.output
-    result = geoseg(*train_args(workspace, tmp_path / "m", tmp_path / "c", 1,
-                                "--option", "bands=nir,red"), expect=2)
+    result = geoseg(
+        *train_args(workspace, tmp_path / "m", tmp_path / "c", 1, "--option", "bands=nir,red"),
+        expect=2,
+    )
     assert "bands" in result.output
 
 
@@ -335,9 +486,22 @@ def test_false_colour_bands_come_back_from_the_model(workspace, tmp_path):
 
     out = tmp_path / "nir"
     cache = workspace["root"] / "cache"
-    geoseg(*train_args(workspace, out, cache, 1, "--option", "bands=nir,red,green",
-                       "--option", "prompt=boxes", "--option", "negative=2",
-                       "--option", "multimask=best"))
+    geoseg(
+        *train_args(
+            workspace,
+            out,
+            cache,
+            1,
+            "--option",
+            "bands=nir,red,green",
+            "--option",
+            "prompt=boxes",
+            "--option",
+            "negative=2",
+            "--option",
+            "multimask=best",
+        )
+    )
     backend = SamBackend(SamOptions())
     backend.load(str(out), "cpu")
     assert backend.capabilities().bands == ("nir", "red", "green")
@@ -359,12 +523,31 @@ def test_accelerate_launch_on_two_cpu_processes_writes_one_model(workspace, tmp_
         port = probe.getsockname()[1]
     out = tmp_path / "ddp"
     # --multi_gpu selects torch.distributed's launcher; without GPUs it runs gloo on CPU.
-    command = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(port), "-m", "geoseg",
-               *map(str, train_args(workspace, out, tmp_path / "cache", 2))]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=240,
-                            env=os.environ | {"OMP_NUM_THREADS": "1"})
+    command = [
+        str(launcher),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        "-m",
+        "geoseg",
+        *map(str, train_args(workspace, out, tmp_path / "cache", 2)),
+    ]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
@@ -374,7 +557,12 @@ def test_accelerate_launch_on_two_cpu_processes_writes_one_model(workspace, tmp_
     # Each process took half of the chips per epoch.
     assert history[0]["steps"] == -(-n_train // 4)
     assert {p.name for p in out.iterdir()} == {
-        "decoder.safetensors", "geoseg_sam.json", "history.json", "history.png", "training_state"
+        "decoder.safetensors",
+        "geoseg_sam.json",
+        "geoseg_model.json",
+        "history.json",
+        "history.png",
+        "checkpoint",
     }
     assert not list(out.rglob("*.part*"))
 
@@ -403,8 +591,23 @@ def test_zero_shot_on_16_bit_imagery_stretches_per_raster(workspace, tmp_path):
     assert eight_bit.dtype == np.uint8 and eight_bit.min() == 0 and eight_bit.max() == 255
 
     out = tmp_path / "uint16-water.tif"
-    geoseg("predict", wide, "-o", out, "--backend", "sam", "--model", workspace["tiny"],
-           "--bands", "naip", "--size", CHIP, "--device", "cpu", "-q")
+    geoseg(
+        "predict",
+        wide,
+        "-o",
+        out,
+        "--backend",
+        "sam",
+        "--model",
+        workspace["tiny"],
+        "--bands",
+        "naip",
+        "--size",
+        CHIP,
+        "--device",
+        "cpu",
+        "-q",
+    )
     with rasterio.open(out) as mask, rasterio.open(wide) as src:
         assert mask.transform == src.transform and mask.crs == src.crs
 

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import functools
 import logging
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from geoseg.backend import Backend, Capabilities, ChipBatch, TrainSettings, resolve_device
+from geoseg.backend import Backend, Capabilities, ChipBatch, resolve_device
 from geoseg.classes import ClassMap
 from geoseg.errors import BackendError, BandError, WeightsError
 from geoseg_segformer.options import SegformerOptions
-
-if TYPE_CHECKING:
-    from geoseg.dataset import ChipDataset
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +109,8 @@ class SegformerBackend(Backend):
             )
         return batch.images[:, [given.index(b) for b in wanted]]
 
-    def train(self, dataset: ChipDataset, settings: TrainSettings) -> Path:
-        from geoseg_segformer.train import train_segformer
+    def training_task(self):
+        """Training runs through geoseg's training core with the SegFormer task."""
+        from geoseg_segformer.train import SegformerTask
 
-        return train_segformer(dataset, settings, self.options)
+        return SegformerTask(self.options)

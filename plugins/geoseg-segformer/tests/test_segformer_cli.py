@@ -23,9 +23,25 @@ def test_training_lowers_the_loss_and_saves_a_small_adapter(land_cover, lora_mod
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     for entry in history:
-        assert 0 <= entry["mean_iou"] <= 1 and 0 <= entry["accuracy"] <= 1
+        assert 0 <= entry["mean_iou"] <= 1 and 0 <= entry["overall_accuracy"] <= 1
+        assert entry["validated"] and entry["val_loss"] > 0
         assert set(entry["per_class"]) == {"other", "water", "vegetation"}
-    assert (lora_model / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert set(entry["per_class"]["water"]) == {"iou", "f1", "precision", "recall"}
+    assert (lora_model / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    manifest = json.loads((lora_model / "geoseg_model.json").read_text())
+    assert manifest["backend"]["name"] == "segformer"
+    assert manifest["bands"] == ["red", "green", "blue", "nir"]
+    assert [(c["id"], c["name"], c["color"]) for c in manifest["classes"]] == [
+        (0, "other", "#a0a0a0"), (1, "water", "#1f78b4"), (2, "vegetation", "#33a02c"),
+    ]  # fmt: skip
+    assert manifest["normalization"]["kind"] == "standardize"
+    assert (manifest["chip_size"], manifest["overlap"]) == (64, 0)
+    best = max(history, key=lambda h: h["mean_iou"])
+    assert manifest["training"]["best_epoch"] == best["epoch"]
+    assert manifest["training"]["best_metric"] == "mean_iou"
+    assert manifest["training"]["best_score"] == best["mean_iou"]
+    assert manifest["training"]["epochs"] == 6 and manifest["training"]["options"]["lora"]
 
     settings = json.loads((lora_model / SETTINGS_FILE).read_text())
     assert settings["lora"] is True
@@ -33,7 +49,6 @@ def test_training_lowers_the_loss_and_saves_a_small_adapter(land_cover, lora_mod
     assert settings["input_conv"].endswith("patch_embeddings.proj")
     assert [c["name"] for c in settings["classes"]] == ["other", "water", "vegetation"]
     assert 0 < settings["trainable_percent"] < 100
-    assert settings["best_mean_iou"] == max(h["mean_iou"] for h in history)
     # Normalisation is over the valid pixels of the training chips, per band.
     assert len(settings["normalization"]["mean"]) == 4
     assert 0 < settings["normalization"]["mean"][3] < 255
@@ -118,7 +133,7 @@ class PowerCut(Exception):
 
 
 def test_resume_continues_where_the_interrupted_run_stopped(land_cover, invoke, monkeypatch):
-    from geoseg_segformer import train
+    from geoseg import training as train
 
     common = [
         land_cover.chips, "--backend", "segformer", "--model", land_cover.checkpoint,

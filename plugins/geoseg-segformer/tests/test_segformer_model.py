@@ -1,12 +1,9 @@
-"""Model pieces on a tiny SegFormer: band widening, LoRA targets, scores, augmentation, options."""
+"""Model pieces on a tiny SegFormer: band widening, LoRA targets, options."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from geoseg_segformer.augment import augment_batch
-from geoseg_segformer.metrics import confusion_matrix, segmentation_scores
 from geoseg_segformer.model import adapt_input_bands, apply_lora, input_conv, lora_targets
 from geoseg_segformer.options import SegformerOptions
 
@@ -76,35 +73,6 @@ def test_unknown_target_modules_name_the_option(segformer):
         apply_lora(segformer, SegformerOptions(target_modules=("nonexistent",)), ["decode_head"])
 
 
-def test_scores_from_a_known_confusion_matrix():
-    target = torch.tensor([[0, 0, 1, 1], [2, 2, 255, 255]])
-    pred = torch.tensor([[0, 1, 1, 1], [2, 0, 2, 1]])
-    confusion = confusion_matrix(pred, target, 3).numpy()
-    assert confusion.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
-    scores = segmentation_scores(confusion, ["other", "water", "vegetation"])
-    assert scores["per_class"]["other"] == {"iou": pytest.approx(1 / 3), "accuracy": 0.5}
-    assert scores["per_class"]["water"] == {"iou": pytest.approx(2 / 3), "accuracy": 1.0}
-    assert scores["per_class"]["vegetation"]["iou"] == pytest.approx(0.5)
-    assert scores["mean_iou"] == pytest.approx((1 / 3 + 2 / 3 + 0.5) / 3)
-    assert scores["accuracy"] == pytest.approx(4 / 6)
-    empty = segmentation_scores(np.zeros((2, 2)), ["a", "b"])
-    assert empty["mean_iou"] is None and empty["per_class"]["a"]["iou"] is None
-
-
-def test_augmentation_moves_labels_with_the_pixels():
-    generator = torch.Generator().manual_seed(1)
-    labels = torch.randint(0, 3, (16, 8, 8))
-    images = labels[:, None].float().repeat(1, 2, 1, 1)
-    valid = torch.ones(16, 8, 8, dtype=torch.bool)
-    valid[:, 0, :] = False
-    out_images, out_labels, out_valid = augment_batch(images, labels, valid, generator, jitter=0)
-    assert torch.equal(out_images[:, 0], out_labels.float())
-    assert not torch.equal(out_labels, labels)  # something was flipped or turned
-    jittered, _, jitter_valid = augment_batch(images, labels, valid, generator, jitter=0.5)
-    assert (jittered * ~jitter_valid[:, None]).abs().sum() == 0
-    assert not torch.equal(jittered[:, 0], jittered[:, 1])  # bands jitter independently
-
-
 def test_options_from_key_value_pairs_are_validated_by_field():
     options = build_options(SegformerOptions, ["r=8", "alpha=32", "target_modules=q_proj,k_proj"])
     assert (options.r, options.alpha, options.target_modules) == (8, 32.0, ("q_proj", "k_proj"))
@@ -115,6 +83,12 @@ def test_options_from_key_value_pairs_are_validated_by_field():
         build_options(SegformerOptions, ["bias=some"])
     with pytest.raises(OptionError, match="dropout"):
         build_options(SegformerOptions, ["dropout=1.5"])
+    # The training core's options are the backend's too, validated the same way.
+    assert build_options(SegformerOptions, ["warmup=0.2"]).warmup == 0.2
+    with pytest.raises(OptionError, match="option warmup is a fraction"):
+        build_options(SegformerOptions, ["warmup=2"])
+    with pytest.raises(OptionError, match="warmup_fraction"):
+        build_options(SegformerOptions, ["warmup_fraction=0.1"])
 
 
 def test_a_hub_checkpoint_in_the_cache_loads_offline(tiny_config, tmp_path, monkeypatch):
