@@ -20,13 +20,18 @@ def test_backends_lists_spectral_with_its_distribution(invoke):
     assert header.split() == ["NAME", "VERSION", "DISTRIBUTION", "CAPABILITIES", "DESCRIPTION"]
     spectral = next(row for row in rows if row.startswith("spectral "))
     assert "geoseg-spectral" in spectral
-    assert "binary bands=green,nir chip=512" in spectral
+    assert "binary chip=512" in spectral  # index=auto reads the bands each raster has
 
     records = json.loads(invoke("backends", "--json").output)
     (record,) = [r for r in records["backends"] if r["name"] == "spectral"]
     assert record["distribution"] == "geoseg-spectral"
     assert record["capabilities"]["trains"] is False
-    assert {"name": "index", "type": "ndwi|mndwi|ndvi|hsv", "default": "ndwi"} in record["options"]
+    assert {
+        "name": "index",
+        "type": "auto|multi|ndwi|mndwi|ndvi|hsv",
+        "default": "auto",
+    } in record["options"]
+    assert "index=auto" in record["details"]
 
 
 def test_backends_name_shows_options_and_fake_backend(invoke, fake_backend):
