@@ -312,13 +312,22 @@ def qgis_process(tmp_path_factory):
     reason = qgis_process_missing()
     if reason is not None:
         pytest.skip(reason)
+    import zipfile
+
+    sys.path.insert(0, str(PLUGINS))
+    try:
+        from build_zip import build_zip
+    finally:
+        sys.path.remove(str(PLUGINS))
     home = tmp_path_factory.mktemp("qgis-home")
-    profile = home / ".local/share/QGIS/QGIS3/profiles/default/QGIS"
-    profile.mkdir(parents=True)
-    (profile / "QGIS3.ini").write_text("[PythonPlugins]\ngeoseg_qgis=true\n")
+    profile = home / ".local/share/QGIS/QGIS3/profiles/default"
+    (profile / "QGIS").mkdir(parents=True)
+    # installed as the plugin manager installs a zip: unpacked into the profile's plugins
+    with zipfile.ZipFile(build_zip(home / "geoseg_qgis.zip")) as archive:
+        archive.extractall(profile / "python" / "plugins")
+    (profile / "QGIS" / "QGIS3.ini").write_text("[PythonPlugins]\ngeoseg_qgis=true\n")
     env = {
         **qgis_env(home),
-        "QGIS_PLUGINPATH": str(PLUGINS),
         "GEOSEG_EXECUTABLE": str(GEOSEG),
         "PROJ_DATA": "/usr/share/proj",  # QGIS's PROJ: geoseg must not see it
     }
