@@ -340,7 +340,9 @@ def _check_backend(backend: Any, plugin_name: str) -> str | None:
         fix = (
             "upgrade geoseg or install an older release of the plugin"
             if version > CONTRACT_VERSION
-            else "upgrade the plugin or install an older geoseg"
+            else "upgrade the plugin or install an older geoseg (for its author: "
+            f"docs/plugins.md, 'Contract version', says what changed since v{version} "
+            "and how to upgrade)"
         )
         return (
             f"plugin {plugin_name!r} (backend {backend.name!r}) was written for geoseg backend "

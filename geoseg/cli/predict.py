@@ -164,6 +164,7 @@ def predict(
     from geoseg.batch import BatchReport, PredictOptions
     from geoseg.distributed import BackendSpec, absolute_path
     from geoseg.errors import OptionError
+    from geoseg.manifest import check_backend
     from geoseg.plugins import check_model_option
     from geoseg.predict import expand_sources, plan_outputs
     from geoseg.raster import check_readable, parse_crs
@@ -181,6 +182,7 @@ def predict(
         check_readable(prompts, what="prompts")
     parse_crs(dst_crs)
     check_model_option(backend_name, model)
+    check_backend(model, backend_name)  # a model folder trained by another backend
     if (min_area or simplify) and vector is None:
         raise OptionError("--min-area and --simplify shape the polygons of --vector; add --vector")
     source_paths = expand_sources(sources)
