@@ -453,8 +453,9 @@ params = {"INPUT": sample, "BACKEND": "spectral", "BANDS": "naip",
 context = QgsProcessingContext()
 context.setProject(QgsProject.instance())
 processing.runAndLoadResults("geoseg:predict", params, context=context)
-report = {"loaded": {layer.name(): layer.renderer().type()
-                     for layer in QgsProject.instance().mapLayers().values()}}
+layers = {layer.name(): layer for layer in QgsProject.instance().mapLayers().values()}
+report = {"loaded": {name: layer.renderer().type() for name, layer in layers.items()}}
+report["mask alpha"] = [c.color.alpha() for c in layers["Class mask"].renderer().classes()]
 
 class Recorder(QgsProcessingFeedback):
     errors = []
@@ -468,12 +469,40 @@ slow = {**params, "SIZE": "64", "OVERLAP": "32", "OUTPUT": f"{out}/c.tif", "VECT
 _, ok = algorithm.run(slow, QgsProcessingContext(), feedback)
 report["cancel"] = [ok, feedback.errors]
 report["files"] = sorted(os.listdir(out))
+
+# a Processing model: predict, then vectorize the mask it made
+from qgis.core import (QgsProcessingModelAlgorithm, QgsProcessingModelChildAlgorithm,
+                       QgsProcessingModelChildParameterSource as Source,
+                       QgsProcessingModelOutput, QgsProcessingModelParameter,
+                       QgsProcessingParameterRasterLayer, QgsVectorLayer)
+model = QgsProcessingModelAlgorithm("water polygons", "geoseg")
+model.addModelParameter(QgsProcessingParameterRasterLayer("image", "Image"),
+                        QgsProcessingModelParameter("image"))
+predict = QgsProcessingModelChildAlgorithm("geoseg:predict")
+predict.setChildId("predict")
+predict.addParameterSources("INPUT", [Source.fromModelParameter("image")])
+for name, value in (("BACKEND", "spectral"), ("BANDS", "naip"), ("DEVICE", "auto")):
+    predict.addParameterSources(name, [Source.fromStaticValue(value)])
+model.addChildAlgorithm(predict)
+vectorize = QgsProcessingModelChildAlgorithm("geoseg:vectorize")
+vectorize.setChildId("vectorize")
+vectorize.addParameterSources("INPUT", [Source.fromChildOutput("predict", "OUTPUT")])
+vectorize.addParameterSources("MIN_AREA", [Source.fromStaticValue(1000.0)])
+polygons = QgsProcessingModelOutput("polygons")
+polygons.setChildId("vectorize")
+polygons.setChildOutputName("OUTPUT")
+vectorize.setModelOutputs({"polygons": polygons})
+model.addChildAlgorithm(vectorize)
+model.updateDestinationParameters()
+result = processing.run(model, {"image": sample, "vectorize:polygons": f"{out}/model.gpkg"})
+layer = QgsVectorLayer(result["vectorize:polygons"], "model", "ogr")
+report["model"] = sorted({f["class_name"] for f in layer.getFeatures()})
 print("PROBE " + json.dumps(report), flush=True)
 os._exit(0)
 """
 
 
-def test_processing_loads_outputs_styled_and_cancel_stops_geoseg(qgis, tmp_path):
+def test_processing_loads_outputs_styled_cancels_and_runs_in_models(qgis, tmp_path):
     script = tmp_path / "in_processing.py"
     script.write_text(IN_PROCESSING)
     out = tmp_path / "out"
@@ -490,6 +519,8 @@ def test_processing_loads_outputs_styled_and_cancel_stops_geoseg(qgis, tmp_path)
     assert result.returncode == 0 and lines, result.stdout + result.stderr
     report = json.loads(lines[-1][len("PROBE ") :])
     assert report["loaded"] == {"Class mask": "paletted", "Class polygons": "categorizedSymbol"}
+    assert report["mask alpha"] == [0, 191]  # its .qml, not the opaque colour table
     ok, errors = report["cancel"]
     assert not ok and any("cancelled" in error for error in errors)
     assert report["files"] == ["m.gpkg", "m.qml", "m.tif"]  # nothing of the cancelled run
+    assert report["model"] == ["water"]  # predict -> vectorize as a Processing model
