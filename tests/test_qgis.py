@@ -158,6 +158,32 @@ def run_probe(tmp: Path, layers: dict[str, str], renders: list[dict] | None = No
     return json.loads(lines[-1][len("PROBE ") :])
 
 
+GDAL_WARNINGS = r"""
+import json, sys
+from osgeo import gdal
+messages = []
+gdal.PushErrorHandler(lambda level, number, text: messages.append(text))
+for path in sys.argv[1:]:
+    dataset = gdal.OpenEx(path, gdal.OF_VECTOR)
+    for index in range(dataset.GetLayerCount()):
+        dataset.GetLayer(index).GetFeatureCount()
+    dataset = None
+print(json.dumps(messages))
+"""
+
+
+def system_gdal_warnings(tmp: Path, paths: list[Path]) -> list[str]:
+    """What the GDAL of QGIS's Python says when it opens ``paths``."""
+    result = subprocess.run(
+        [QGIS_PYTHON, "-c", GDAL_WARNINGS, *map(str, paths)],
+        env=qgis_env(tmp),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 def geoseg(*args: str | Path) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [str(GEOSEG), *map(str, args)], capture_output=True, text=True, timeout=600
@@ -234,6 +260,10 @@ def test_outputs_open_styled_in_qgis(qgis, outputs):
     assert all(p["style"] == "no" for p in outlines.values())
     assert outlines["train"]["outline_color"] != outlines["val"]["outline_color"]
     assert not [m for m in report["messages"] if "failed" in m.lower()], report["messages"]
+
+    # QGIS LTR's GDAL (3.6 on Debian bookworm) opens the GeoPackages without a warning
+    gpkgs = [outputs / "naip.gpkg", outputs / "prompts.gpkg", outputs / "chips" / "tiles.gpkg"]
+    assert system_gdal_warnings(outputs, gpkgs) == []
 
     # rendered over the image: the background lets the image through, water is tinted blue
     with rasterio.open(outputs / "naip.tif") as m:
