@@ -200,6 +200,8 @@ def outputs(tmp_path_factory):
     out = tmp_path_factory.mktemp("qgis")
     geoseg("predict", SAMPLE, "--backend", "spectral", "--bands", "naip", "-o", out / "naip.tif",
            "--vector", out / "naip.gpkg", "-q")  # fmt: skip
+    geoseg("reproject", out / "naip.tif", "-o", out / "naip_4326.tif", "--dst-crs", "EPSG:4326",
+           "-q")  # fmt: skip
     geoseg("prompts", SAMPLE, "--bands", "naip", "--negative", "4", "-o", out / "prompts.gpkg",
            "-q")  # fmt: skip
     geoseg("tile", SAMPLE, "--bands", "naip", "--size", "256", "--overlap", "32",
@@ -224,6 +226,7 @@ def test_outputs_open_styled_in_qgis(qgis, outputs):
         {
             "image": str(SAMPLE),
             "mask": str(outputs / "naip.tif"),
+            "reprojected": str(outputs / "naip_4326.tif"),
             "polygons": f"{outputs / 'naip.gpkg'}|layername=classes",
             "points": f"{outputs / 'prompts.gpkg'}|layername=points",
             "boxes": f"{outputs / 'prompts.gpkg'}|layername=boxes",
@@ -238,6 +241,8 @@ def test_outputs_open_styled_in_qgis(qgis, outputs):
     (background, water) = mask["classes"]
     assert background[:2] == [0, "background"] and background[3] == 0
     assert water[:3] == [1, "water", "#1f78b4"] and 0 < water[3] < 255
+    # reprojected by geoseg reproject: the same style, and overviews
+    assert report["reprojected"]["classes"] == mask["classes"] and report["reprojected"]["pyramids"]
     # the GeoPackage's layer_styles: categorized by class (not QGIS's random single fill)
     polygons = report["polygons"]
     assert polygons["renderer"] == "categorizedSymbol" and polygons["attr"] == "class_name"
