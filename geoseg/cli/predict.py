@@ -139,8 +139,8 @@ def predict(
 
     Each mask is a Cloud Optimized GeoTIFF of uint8 class ids on the source grid (255
     where the source is nodata), with a colour table, class names in its tags and a QGIS
-    style <stem>.qml beside it. Outputs that already exist are skipped (--overwrite
-    redoes them), so an interrupted run resumes.
+    style <stem>.qml beside it. Complete outputs are skipped (--overwrite redoes them);
+    incomplete or damaged ones are redone, so an interrupted run resumes.
 
     One source and an OUTPUT ending in .tif writes that file; otherwise OUTPUT is a
     folder of <stem>.tif masks named after their sources. Give --vector alone after the

@@ -131,7 +131,8 @@ def tile(
     """Cut SOURCES into chips in OUTPUT, with labels and train/val splits.
 
     Chips keep the source CRS, dtype, bands, band names and nodata (or take the --dst-crs
-    grid). Re-running the same command skips chips that are complete. --workers N (a local
+    grid). Re-running the same command skips chips that are complete (--overwrite redoes
+    them) and redoes incomplete or damaged ones. --workers N (a local
     dask cluster) or --scheduler (an existing one; paths are made absolute here and its
     workers must see them at the same paths) tiles each source as a task; the dataset is
     the same.
