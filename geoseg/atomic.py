@@ -64,12 +64,13 @@ def temporary_name(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
+def atomic_output(path: str | Path, *, overwrite: bool = True, lock: bool = True) -> Iterator[Path]:
     """Yield a temporary path to write; on success verify it and rename it to ``path``.
 
     On any exception the temporary file (or folder) is removed and ``path`` is untouched;
     a write that failed for want of space or permission becomes one ``OutputError``.
-    The output's lock is held meanwhile (``OutputBusyError`` if another run holds it).
+    The output's lock is held meanwhile (``OutputBusyError`` if another run holds it);
+    ``lock=False`` for files inside an output the caller has locked as a whole (chips).
     """
     path = Path(path)
     if path.is_dir():
@@ -79,14 +80,18 @@ def atomic_output(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]
     ensure_folder(path.parent)
     tmp = temporary_name(path)
     try:
-        with output_lock(path), write_errors(path, [tmp]):
+        with (
+            output_lock(path) if lock else contextlib.nullcontext(),
+            write_errors(path, [tmp]),
+        ):
             yield tmp
             _sync(tmp)
             verify_output(tmp, name=path)
+            # The folder is not synced after the rename: a rename lost in a crash leaves
+            # no file, or the old one, and a re-run's completeness check redoes it.
             os.replace(tmp, path)
     finally:
         remove_all([tmp])
-    _sync_folder(path.parent)
 
 
 @contextlib.contextmanager
@@ -161,16 +166,6 @@ def _sync(path: Path) -> None:
     files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
     for file in files:
         fd = os.open(file, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make a rename durable; some file systems cannot open folders, which is fine."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
@@ -530,9 +525,6 @@ def _acquire(lock: Path) -> int | None:
         # The holder before us may have removed the file between our open and flock.
         try:
             if os.fstat(fd).st_ino == os.stat(lock).st_ino:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, 0)
-                    os.write(fd, f"{os.getpid()}\n".encode())
                 return fd
         except FileNotFoundError:
             pass
