@@ -114,14 +114,16 @@ class GeosegAlgorithm(QgsProcessingAlgorithm):
             )
         except GeosegCommandError as exc:
             raise QgsProcessingException(str(exc)) from None
-        self.style_outputs(context)
+        self.style_outputs(context, results)
         return results
 
-    def style_outputs(self, context: QgsProcessingContext) -> None:
-        """Give every output QGIS loads on completion its default style."""
+    def style_outputs(self, context: QgsProcessingContext, results: dict) -> None:
+        """Give this algorithm's outputs that QGIS loads on completion their default style."""
+        ours = {str(value) for value in results.values()}
         for path in list(context.layersToLoadOnCompletion()):
-            details = context.layerToLoadOnCompletionDetails(path)
-            details.setPostProcessor(DefaultStyle.create())
+            if path in ours:
+                details = context.layerToLoadOnCompletionDetails(path)
+                details.setPostProcessor(DefaultStyle.create())
 
     # parameter helpers -------------------------------------------------------------------
     def add_raster(self, name="INPUT", description="Raster", optional=False):
