@@ -32,7 +32,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from geoseg.errors import OutputBusyError, OutputError
+from geoseg.errors import IncompleteOutputError, OutputBusyError, OutputError
 
 PART_MARK = ".part-"
 LOCK_SUFFIX = ".lock"
@@ -52,10 +52,6 @@ RASTER_SUFFIXES = (".tif", ".tiff")
 VECTOR_SUFFIXES = (".gpkg", ".fgb", ".geojson", ".shp")
 #: Less free space than this after a failed write means the disk filled up.
 FULL_DISK_BYTES = 1 << 20
-
-
-class IncompleteOutput(OutputError):
-    """A file under an output's name is unreadable or not what the job expects."""
 
 
 def temporary_name(path: Path) -> Path:
@@ -117,7 +113,7 @@ def write_errors(path: str | Path, temporaries=()) -> Iterator[None]:
 
 def write_failure(path: Path, exc: BaseException, temporaries=()) -> OutputError | None:
     """The ``OutputError`` for a failed write of ``path``, or None if writing was not the cause."""
-    if isinstance(exc, IncompleteOutput):
+    if isinstance(exc, IncompleteOutputError):
         cause = _probe_cause(path, temporaries)
         return _failed(path, cause) if cause is not None else exc
     if isinstance(exc, OutputError):
@@ -190,7 +186,7 @@ def quiet_libtiff() -> None:
 
 
 def verify_output(path: str | Path, *, name: str | Path | None = None) -> None:
-    """Raise ``IncompleteOutput`` unless the file written at ``path`` reads back.
+    """Raise ``IncompleteOutputError`` unless the file written at ``path`` reads back.
 
     Chosen by suffix: rasters (every block inside the file, the last one decodes),
     vector files (every layer opens and counts its features), JSON (parses), safetensors
@@ -215,7 +211,7 @@ def verify_output(path: str | Path, *, name: str | Path | None = None) -> None:
             with zipfile.ZipFile(path) as archive:
                 archive.infolist()
         except (OSError, zipfile.BadZipFile) as exc:
-            raise IncompleteOutput(f"{name}: unreadable checkpoint ({exc})") from None
+            raise IncompleteOutputError(f"{name}: unreadable checkpoint ({exc})") from None
 
 
 def verify_raster(
@@ -230,7 +226,7 @@ def verify_raster(
     transform=None,
     read_all: bool = False,
 ) -> None:
-    """Raise ``IncompleteOutput`` unless ``path`` is an intact raster of the given grid.
+    """Raise ``IncompleteOutputError`` unless ``path`` is an intact raster of the given grid.
 
     Intact: it opens, every block of a GeoTIFF lies inside the file (none missing), and
     the last block of each band decodes (``read_all``: every pixel decodes).
@@ -251,11 +247,11 @@ def verify_raster(
             )
             for key, value in expected.items():
                 if value is not None and found[key] != value:
-                    raise IncompleteOutput(f"{name}: {key} {found[key]}, expected {value}")
+                    raise IncompleteOutputError(f"{name}: {key} {found[key]}, expected {value}")
             if crs is not None and dataset.crs != crs:
-                raise IncompleteOutput(f"{name}: CRS {dataset.crs}, expected {crs}")
+                raise IncompleteOutputError(f"{name}: CRS {dataset.crs}, expected {crs}")
             if transform is not None and not dataset.transform.almost_equals(transform):
-                raise IncompleteOutput(
+                raise IncompleteOutputError(
                     f"{name}: grid {tuple(dataset.transform)[:6]}, expected {tuple(transform)[:6]}"
                 )
             if dataset.driver == "GTiff":
@@ -268,7 +264,7 @@ def verify_raster(
                 col = (dataset.width - 1) // block_cols * block_cols
                 dataset.read(window=Window(col, row, dataset.width - col, dataset.height - row))
     except (RasterioError, OSError, ValueError) as exc:
-        raise IncompleteOutput(f"{name}: unreadable raster ({_first_line(exc)})") from None
+        raise IncompleteOutputError(f"{name}: unreadable raster ({_first_line(exc)})") from None
 
 
 def _check_blocks(dataset, path: Path, name) -> None:
@@ -285,11 +281,11 @@ def _check_blocks(dataset, path: Path, name) -> None:
                 offset = dataset.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=band)
                 length = dataset.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=band)
                 if not offset or not length or int(offset) == 0:
-                    raise IncompleteOutput(
+                    raise IncompleteOutputError(
                         f"{name}: block {row},{col} of band {band} was never written"
                     )
                 if int(offset) + int(length) > size:
-                    raise IncompleteOutput(
+                    raise IncompleteOutputError(
                         f"{name}: truncated ({size} bytes, block {row},{col} "
                         f"reaches byte {int(offset) + int(length)})"
                     )
@@ -298,7 +294,7 @@ def _check_blocks(dataset, path: Path, name) -> None:
 def verify_vector(
     path: str | Path, *, name: str | Path | None = None, layers: tuple[str, ...] = ()
 ) -> None:
-    """Raise ``IncompleteOutput`` unless every layer of ``path`` (and ``layers``) reads."""
+    """Raise ``IncompleteOutputError`` unless every layer of ``path`` (and ``layers``) reads."""
     import pyogrio
 
     name = name or path
@@ -306,20 +302,22 @@ def verify_vector(
         found = [layer for layer, _ in pyogrio.list_layers(path)]
         missing = [layer for layer in layers if layer not in found]
         if missing:
-            raise IncompleteOutput(f"{name}: no layer {missing[0]!r}")
+            raise IncompleteOutputError(f"{name}: no layer {missing[0]!r}")
         for layer in found:
             pyogrio.read_info(path, layer=layer, force_feature_count=True)
-    except IncompleteOutput:
+    except IncompleteOutputError:
         raise
     except Exception as exc:  # pyogrio's DataSourceError family, or sqlite's errors
-        raise IncompleteOutput(f"{name}: unreadable vector file ({_first_line(exc)})") from None
+        raise IncompleteOutputError(
+            f"{name}: unreadable vector file ({_first_line(exc)})"
+        ) from None
 
 
 def _verify_json(path: Path, name) -> None:
     try:
         json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise IncompleteOutput(f"{name}: unreadable JSON ({exc})") from None
+        raise IncompleteOutputError(f"{name}: unreadable JSON ({exc})") from None
 
 
 def _verify_safetensors(path: Path, name) -> None:
@@ -337,7 +335,7 @@ def _verify_safetensors(path: Path, name) -> None:
         if 8 + length + end > size:
             raise ValueError(f"tensors reach byte {8 + length + end} of {size}")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise IncompleteOutput(f"{name}: unreadable safetensors file ({exc})") from None
+        raise IncompleteOutputError(f"{name}: unreadable safetensors file ({exc})") from None
 
 
 def output_complete(path: str | Path, **expect) -> bool:
@@ -351,7 +349,7 @@ def output_complete(path: str | Path, **expect) -> bool:
             verify_raster(path, **expect)
         else:
             verify_output(path)
-    except IncompleteOutput:
+    except IncompleteOutputError:
         return False
     return True
 

@@ -40,6 +40,11 @@ class OutputBusyError(OutputError):
     """Another geoseg run is writing this output now; this run leaves it alone."""
 
 
+class IncompleteOutputError(OutputError):
+    """A file written, or found under an output's name, is unreadable or not what the job
+    expects (cut short, a block missing, another grid)."""
+
+
 class SetupError(GeosegError):
     """The environment geoseg runs in is broken, e.g. PROJ finds another PROJ's database."""
 
