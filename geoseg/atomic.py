@@ -371,7 +371,10 @@ def ensure_folder(folder: str | Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"{folder}: cannot create output folder ({exc.strerror})") from None
+        hint = WRITE_FAILURES.get(exc.errno, "choose another output folder")
+        raise OutputError(
+            f"{folder}: cannot create output folder ({exc.strerror}); {hint}"
+        ) from None
     if not os.access(folder, os.W_OK | os.X_OK):
         cause = errno.EROFS if _read_only_fs(folder) else errno.EACCES
         raise OutputError(
