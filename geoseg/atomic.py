@@ -157,6 +157,15 @@ def _largest_file(path: Path) -> int:
     return 0
 
 
+def settle(path: str | Path, *, name: str | Path | None = None) -> None:
+    """Flush a written file or folder to disk and read it back (``verify_output``), before
+    it is renamed into place; for writers that stage a folder themselves."""
+    path = Path(path)
+    with write_errors(name or path, [path]):
+        _sync(path)
+        verify_output(path, name=name)
+
+
 def _sync(path: Path) -> None:
     """Flush a written file (or a folder's files) to disk; a late ENOSPC shows up here."""
     files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
@@ -191,11 +200,14 @@ def verify_output(path: str | Path, *, name: str | Path | None = None) -> None:
     Chosen by suffix: rasters (every block inside the file, the last one decodes),
     vector files (every layer opens and counts its features), JSON (parses), safetensors
     (the header fits the file), zip-based checkpoints (the central directory reads).
-    ``name`` is the output's final name, for the message.
+    A folder (a model, a checkpoint) is verified file by file. ``name`` is the output's
+    final name, for the message.
     """
     path = Path(path)
     name = name or path
     if path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            verify_output(file, name=Path(name) / file.relative_to(path))
         return
     suffix = path.suffix.lower()
     if suffix in RASTER_SUFFIXES:

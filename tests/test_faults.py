@@ -371,3 +371,57 @@ def test_a_read_only_output_folder_is_one_line(read_only, command):
     (line,) = stderr_lines(result)
     assert str(folder) in line and "not writable" in line
     assert list(folder.iterdir()) == []
+
+
+# The pieces, in one process -----------------------------------------------------------
+
+
+def test_verify_output_refuses_what_a_failed_write_leaves(make_raster, tmp_path):
+    from geoseg.atomic import output_complete, verify_output
+    from geoseg.errors import IncompleteOutputError
+
+    raster = make_raster("r.tif", width=600, tiled=True, blockxsize=256, blockysize=256)
+    verify_output(raster)
+    assert output_complete(raster, width=600, height=600, count=4)
+    assert not output_complete(raster, width=512)  # another grid
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(raster.read_bytes()[: raster.stat().st_size - 100])
+    with pytest.raises(IncompleteOutputError, match="truncated"):
+        verify_output(cut)
+    weights = tmp_path / "model.safetensors"
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    weights.write_bytes(len(header).to_bytes(8, "little") + header + bytes(8))  # 8 of 16 bytes
+    with pytest.raises(IncompleteOutputError, match="tensors reach"):
+        verify_output(weights)
+    (tmp_path / "bad.json").write_text('{"a": ')
+    assert not output_complete(tmp_path / "bad.json")
+
+
+def test_locks_are_per_process_and_guard_temporary_files(tmp_path):
+    from geoseg.atomic import clean_partials, output_busy, output_lock, temporary_name
+
+    out = tmp_path / "mask.tif"
+    part = temporary_name(out)
+    part.write_bytes(b"being written")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from geoseg.atomic import output_lock\n"
+            f"with output_lock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert output_busy(out)
+        assert clean_partials(tmp_path, "mask.tif") == 0 and part.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not output_busy(out)  # the kernel released the dead writer's lock
+    with output_lock(out), output_lock(out):  # re-entrant within a process
+        assert not output_busy(out)
+    assert clean_partials(tmp_path, "mask.tif") == 1 and not part.exists()
+    assert hidden(tmp_path) == []
