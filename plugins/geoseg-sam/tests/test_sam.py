@@ -486,22 +486,25 @@ def test_false_colour_bands_come_back_from_the_model(workspace, tmp_path):
 
     out = tmp_path / "nir"
     cache = workspace["root"] / "cache"
-    geoseg(
-        *train_args(
-            workspace,
-            out,
-            cache,
-            1,
-            "--option",
-            "bands=nir,red,green",
-            "--option",
-            "prompt=boxes",
-            "--option",
-            "negative=2",
-            "--option",
-            "multimask=best",
-        )
+    args = train_args(
+        workspace,
+        out,
+        cache,
+        1,
+        "--option",
+        "bands=nir,red,green",
+        "--option",
+        "prompt=boxes",
+        "--option",
+        "negative=2",
+        "--option",
+        "multimask=best",
     )
+    result = geoseg(*[a for a in args if a != "-q"])
+    # The training core's per-epoch line, the same as every other backend's.
+    (line,) = [line for line in result.output.splitlines() if ": train loss " in line]
+    assert line.startswith("epoch 1/1: train loss ") and "mean IoU" in line
+    assert "water IoU" in line and line.endswith("(best so far, saved)")
     backend = SamBackend(SamOptions())
     backend.load(str(out), "cpu")
     assert backend.capabilities().bands == ("nir", "red", "green")

@@ -172,11 +172,15 @@ def test_resume_continues_where_the_interrupted_run_stopped(land_cover, invoke, 
 
 def test_full_fine_tuning_saves_a_plain_model_that_predicts_on_a_chip_batch(land_cover, invoke):
     model_dir = land_cover.root / "model-full"
-    invoke(
+    result = invoke(
         "train", land_cover.chips, "--backend", "segformer", "-o", model_dir,
         "--model", land_cover.checkpoint, "--epochs", 1, "--batch-size", 4,
-        "--option", "lora=false", "-q",
+        "--option", "lora=false",
     )  # fmt: skip
+    # The training core's per-epoch line, the same as every other backend's.
+    (line,) = [line for line in result.output.splitlines() if ": train loss " in line]
+    assert line.startswith("epoch 1/1: train loss ") and "val loss" in line
+    assert "mean IoU" in line and "vegetation IoU" in line
     settings = json.loads((model_dir / SETTINGS_FILE).read_text())
     assert settings["lora"] is False and settings["trainable_percent"] == 100
     assert (model_dir / "model.safetensors").is_file()
