@@ -8,7 +8,7 @@ the same clean-up and the same one-line exit (``geoseg: interrupted``, exit code
 The exception is raised in Python code of geoseg or its libraries, never inside the
 locks of ``threading`` and ``concurrent.futures`` (an exception there breaks the lock, and
 the engine's reader thread with it): a signal that arrives there is raised a moment
-later, once the main thread is out of them.
+later, once the main thread is out of them (or, when it stays there, blocked waiting).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ _UNSAFE_FILES = frozenset(
     for module in (threading, queue, concurrent.futures._base, concurrent.futures.thread)
 )
 _RETRY_S = 0.02
+_RETRIES = 10
 
 
 @contextlib.contextmanager
@@ -35,13 +36,16 @@ def sigterm_interrupts() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    state = {"raised": False, "pending": False}
+    state = {"raised": False, "deferred": 0}
 
     def interrupt(signum, frame) -> None:
-        if state["raised"] or (signum == signal.SIGALRM and not state["pending"]):
+        if state["raised"] or (signum == signal.SIGALRM and not state["deferred"]):
             return  # a second signal must not cut the clean-up of the first one short
-        if frame is not None and frame.f_code.co_filename in _UNSAFE_FILES:
-            state["pending"] = True
+        in_lock = frame is not None and frame.f_code.co_filename in _UNSAFE_FILES
+        # Found there time after time, the main thread is blocked waiting (a cluster's
+        # results, a thread's end), where the exception is safe, as for Ctrl-C.
+        if in_lock and state["deferred"] < _RETRIES:
+            state["deferred"] += 1
             signal.setitimer(signal.ITIMER_REAL, _RETRY_S)  # again, out of the lock
             return
         state["raised"] = True
