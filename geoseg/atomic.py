@@ -31,6 +31,7 @@ import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from xml.etree import ElementTree
 
 from geoseg.errors import IncompleteOutputError, OutputBusyError, OutputError
 
@@ -198,8 +199,9 @@ def verify_output(path: str | Path, *, name: str | Path | None = None) -> None:
     """Raise ``IncompleteOutputError`` unless the file written at ``path`` reads back.
 
     Chosen by suffix: rasters (every block inside the file, the last one decodes),
-    vector files (every layer opens and counts its features), JSON (parses), safetensors
-    (the header fits the file), zip-based checkpoints (the central directory reads).
+    vector files (every layer opens and counts its features), JSON and QGIS styles
+    (parse), PNG (ends with its end chunk), safetensors (the header and tensors fit the
+    file), zip-based checkpoints (the central directory reads).
     A folder (a model, a checkpoint) is verified file by file. ``name`` is the output's
     final name, for the message.
     """
@@ -218,6 +220,16 @@ def verify_output(path: str | Path, *, name: str | Path | None = None) -> None:
         _verify_json(path, name)
     elif suffix == ".safetensors":
         _verify_safetensors(path, name)
+    elif suffix in (".qml", ".xml"):
+        try:
+            ElementTree.parse(path)
+        except (OSError, ElementTree.ParseError) as exc:
+            raise IncompleteOutputError(f"{name}: unreadable XML ({exc})") from None
+    elif suffix == ".png":
+        with open(path, "rb") as file:
+            file.seek(max(0, os.fstat(file.fileno()).st_size - 12))
+            if b"IEND" not in file.read():
+                raise IncompleteOutputError(f"{name}: PNG cut short (no end chunk)")
     elif suffix in (".pt", ".pth", ".zip"):
         try:
             with zipfile.ZipFile(path) as archive:

@@ -618,7 +618,7 @@ class PredictJob:
                 break
         else:
             return False
-        if not self.style.is_file() or self.style.stat().st_size == 0:
+        if not output_complete(self.style):
             return False
         return self.probabilities is None or output_complete(self.probabilities, **grid)
 
