@@ -468,6 +468,10 @@ def clean_partials(folder: str | Path, name: str | None = None) -> int:
     by_owner: dict[Path, list[Path]] = {}
     for part in {p for pattern in patterns for p in folder.glob(pattern)}:
         by_owner.setdefault(partial_owner(part), []).append(part)
+    # The lock files of killed runs go too: taking a free lock removes its file on release.
+    locks = folder.glob(f".{glob.escape(name)}{LOCK_SUFFIX}" if name else f".*{LOCK_SUFFIX}")
+    for lock in locks:
+        by_owner.setdefault(lock.with_name(lock.name[1 : -len(LOCK_SUFFIX)]), [])
     removed = 0
     for owner, parts in by_owner.items():
         try:

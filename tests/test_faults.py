@@ -425,3 +425,7 @@ def test_locks_are_per_process_and_guard_temporary_files(tmp_path):
         assert not output_busy(out)
     assert clean_partials(tmp_path, "mask.tif") == 1 and not part.exists()
     assert hidden(tmp_path) == []
+    stale = tmp_path / ".mask.tif.lock"  # left by a writer killed after its rename
+    stale.touch()
+    clean_partials(tmp_path, "mask.tif")
+    assert hidden(tmp_path) == []
