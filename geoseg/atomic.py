@@ -487,6 +487,8 @@ def clean_partials(folder: str | Path, name: str | None = None) -> int:
 
 _held: dict[Path, list[int]] = {}  # lock file -> [fd, depth]
 _held_guard = threading.Lock()
+# A forked child shares the parent's lock files but is not the writer holding them.
+os.register_at_fork(after_in_child=_held.clear)
 
 
 def lock_path(path: Path) -> Path:
