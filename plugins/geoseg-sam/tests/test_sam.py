@@ -379,6 +379,16 @@ def test_predict_with_auto_prompts_is_georeferenced(workspace, trained):
     assert shapes.crs == rasterio.open(workspace["crop"]).crs
 
 
+def test_predict_on_a_chip_needs_no_bands(workspace, trained):
+    # Chips written by geoseg tile name their bands; the model knows the three it reads.
+    chip = sorted((workspace["chips"] / "images").glob("*.tif"))[0]
+    out = workspace["root"] / "pred" / "chip.tif"
+    geoseg("predict", chip, "-o", out, "--backend", "sam", "--model", trained["out"],
+           "--prompts", "auto", "--device", "cpu", "-q")  # fmt: skip
+    with rasterio.open(out) as mask:
+        assert set(np.unique(mask.read(1))) <= {0, 1}
+
+
 def test_predict_with_a_prompts_file_skips_chips_without_prompts(workspace, trained, monkeypatch):
     with rasterio.open(workspace["crop"]) as src:
         transform, crs = src.transform, src.crs

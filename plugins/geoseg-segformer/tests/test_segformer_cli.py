@@ -128,6 +128,25 @@ def test_predict_maps_the_scene_with_class_names_in_raster_and_polygons(
     assert polygons.crs.to_epsg() == 26914
 
 
+def test_predict_on_a_chip_needs_no_bands_and_refuses_another_backend(
+    land_cover, lora_model, invoke
+):
+    # Chips written by geoseg tile name their bands; the model knows its own.
+    chip = sorted((land_cover.chips / "images").glob("*.tif"))[0]
+    out = land_cover.root / "chip-mask.tif"
+    invoke("predict", chip, "-o", out, "--backend", "segformer", "--model", lora_model, "-q")
+    with rasterio.open(out) as mask:
+        assert set(np.unique(mask.read(1))) <= {0, 1, 2}
+    refused = invoke(
+        "predict", chip, "-o", land_cover.root / "x.tif", "--backend", "sam", "--model",
+        lora_model, expect=2,
+    )  # fmt: skip
+    assert refused.output.strip().splitlines() == [
+        f"geoseg: error: {lora_model}: the model was trained by backend 'segformer', not "
+        "'sam'; use --backend segformer"
+    ]
+
+
 class PowerCut(Exception):
     """Stands in for a crash or Ctrl-C in the middle of training."""
 
