@@ -709,10 +709,15 @@ def train_backend(
         stale_epochs = int(state.get("stale_epochs", 0))
         start = int(state["epoch"])
         if state.get("stopped_early"):
-            start = epochs
-        run.report(f"resuming after epoch {start} of {epochs}")
+            run.report(
+                f"{output}: training stopped early after epoch {start} (option patience); "
+                "nothing to resume (train afresh with --overwrite)"
+            )
+        elif start < epochs:
+            run.report(f"resuming after epoch {start} of {epochs}")
+    stopped_before = state is not None and bool(state.get("stopped_early"))
 
-    for epoch in range(start + 1, epochs + 1):
+    for epoch in range(start + 1, 0 if stopped_before else epochs + 1):
         run.epoch = epoch
         began = time.perf_counter()
         train_set.epoch = epoch
@@ -767,7 +772,9 @@ def train_backend(
             )
             break
     accelerator.wait_for_everyone()
-    if start >= epochs:
+    if stopped_before:
+        pass
+    elif start >= epochs:
         run.report(f"{output}: already trained for {start} epochs; raise --epochs to go on")
     elif main and history:
         # Drawing takes longer than an epoch on small sets: once, at the end of a run.

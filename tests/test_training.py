@@ -236,6 +236,12 @@ def test_patience_stops_a_run_that_no_longer_improves(pixelclass, scene, invoke,
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert "stopping early: mean_iou has not improved for 2 epochs" in result.output
     assert json.loads((out / "geoseg_model.json").read_text())["training"]["best_epoch"] == 1
+    again = invoke(
+        "train", chips, "--backend", "pixelclass", "-o", out, "--epochs", 6, "--resume",
+        "--device", "cpu", "--option", "patience=2",
+    )  # fmt: skip
+    assert "training stopped early after epoch 3" in again.output
+    assert len(json.loads((out / "history.json").read_text())) == 3
 
 
 def test_training_options_are_validated_by_name(pixelclass, scene, invoke, tmp_path):
