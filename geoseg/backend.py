@@ -24,6 +24,7 @@ from geoseg.errors import BackendError
 
 if TYPE_CHECKING:
     from geoseg.dataset import ChipDataset
+    from geoseg.export import ExportedModel, ExportSettings
     from geoseg.raster import RasterSource
     from geoseg.training import TrainingTask
     from geoseg.windows import Tile
@@ -211,6 +212,16 @@ class Backend:
         from geoseg.training import train_backend
 
         return train_backend(self, task, dataset, settings)
+
+    def export_onnx(self, model: str, path: Path, settings: ExportSettings) -> ExportedModel:
+        """Write the model folder ``model`` as an ONNX graph to ``path`` (``geoseg export``).
+
+        The graph takes ``image`` (N, B, S, S) float32 raw source values of the returned
+        ``ExportedModel.bands`` and gives ``probabilities`` (N, C, S, S) float32, softmax
+        over ``ExportedModel.classes``; S = ``settings.size``. The core writes the
+        metadata, checks the graph and moves it to its final name (``geoseg.export``).
+        """
+        raise BackendError(f"backend {self.name!r} does not export to ONNX")
 
 
 def resolve_device(name: str = "auto") -> str:

@@ -32,6 +32,7 @@ COMMANDS = {
     "evaluate": "geoseg.cli.evaluate:evaluate",
     "vectorize": "geoseg.cli.vectorize:vectorize",
     "backends": "geoseg.cli.backends:backends",
+    "export": "geoseg.cli.export:export",
 }
 
 

@@ -208,3 +208,11 @@ class SamBackend(Backend):
         from geoseg_sam.train import SamTask
 
         return SamTask(self.options)
+
+    def export_onnx(self, model, path, settings):
+        """SAM is not exported: its masks come from per-chip prompts."""
+        raise BackendError(
+            "backend 'sam' does not export to ONNX: its masks depend on per-chip point and "
+            "box prompts computed by geoseg, which neither an ONNX graph nor Deepness provides; "
+            "export a segformer model instead"
+        )

@@ -109,6 +109,12 @@ class SegformerBackend(Backend):
             )
         return batch.images[:, [given.index(b) for b in wanted]]
 
+    def export_onnx(self, model, path, settings):
+        """``geoseg export``: LoRA merged, normalisation baked in, softmax at chip size."""
+        from geoseg_segformer.export import export_segformer
+
+        return export_segformer(model, path, settings)
+
     def training_task(self):
         """Training runs through geoseg's training core with the SegFormer task."""
         from geoseg_segformer.train import SegformerTask

@@ -1,0 +1,1 @@
+"""geoseg-onnx: predict with ONNX segmentation models through ONNX Runtime."""
