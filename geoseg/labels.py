@@ -1,9 +1,12 @@
-"""Labels brought onto a raster's grid, chip by chip.
+"""Labels brought onto a raster's grid, chip by chip or window by window.
 
 A label source is a class raster (any CRS and resolution: warped onto the grid with
 nearest resampling) or a vector file (GeoPackage, GeoJSON, Shapefile, any CRS:
-reprojected, then rasterized). Either way ``for_tile(tile)`` returns uint8 class ids on
-exactly the tile's pixels, 255 where nothing is known.
+reprojected, then rasterized; pixels outside every polygon are class 0, background, or
+with ``unlabeled="ignore"`` 255). Either way ``for_tile(tile)`` and ``read(window)``
+return uint8 class ids on exactly those pixels of the grid, 255 where nothing is known
+(nodata, negative ids of a signed label raster, outside the labels).
+``geoseg tile`` and ``geoseg evaluate`` both read labels through ``open_labels``.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
 
 from geoseg.classes import IGNORE_INDEX, WATER, ClassMap
-from geoseg.errors import ClassError, InputFileError, LabelsError, MissingCRSError
+from geoseg.errors import ClassError, InputFileError, LabelsError, MissingCRSError, OptionError
 from geoseg.raster import check_readable, open_dataset, read_errors
 from geoseg.styles import read_class_metadata
 from geoseg.windows import Tile
@@ -30,8 +35,10 @@ CLASSES_LAYER = "classes"
 
 VECTOR_SUFFIXES = {".gpkg", ".geojson", ".json", ".shp", ".fgb", ".gml", ".kml", ".parquet"}
 
-#: Fields tried, in order, when ``--label-field`` is not given.
-DEFAULT_FIELDS = ("class", "class_id", "label", "classname", "class_name")
+#: Fields tried, in order, when ``--label-field`` is not given: ids before names.
+DEFAULT_FIELDS = ("class_id", "class", "label", "class_name", "classname")
+#: What pixels outside every label polygon are: class 0, or left out (255).
+UNLABELED = ("background", "ignore")
 
 
 def is_vector(path: str | Path) -> bool:
@@ -94,30 +101,43 @@ class RasterLabels:
     def __init__(self, path: Path, grid, classes: ClassMap | None = None) -> None:
         self.path = check_readable(path, what="labels")
         self._src = open_dataset(self.path, what="label raster (or vector file)")
-        if self._src.crs is None:
+        try:
+            self._check(grid)
+            warn_if_nodata_is_class(
+                self.path, self._src.nodata, classes or read_class_metadata(self._src)
+            )
+            self._vrt = WarpedVRT(
+                self._src,
+                crs=grid.crs,
+                transform=grid.transform,
+                width=grid.width,
+                height=grid.height,
+                resampling=Resampling.nearest,
+                src_nodata=self._src.nodata,
+                nodata=IGNORE_INDEX,
+            )
+        except BaseException:
             self._src.close()
+            raise
+        self._grid = grid
+        self.classes = classes
+
+    def _check(self, grid) -> None:
+        src = self._src
+        if src.count != 1 or np.dtype(src.dtypes[0]).kind not in "iu":
+            raise LabelsError(
+                f"{self.path}: expected labels as 1 band of integer class ids, found "
+                f"{src.count} band(s) of {src.dtypes[0]}; give a class raster or a vector file"
+            )
+        if src.crs is None:
             raise MissingCRSError(
                 f"{self.path}: label raster has no CRS; assign one first "
                 f"(gdal_edit.py -a_srs EPSG:XXXX {self.path.name})"
             )
-        _check_overlap(self.path, self._src.crs, self._src.bounds, grid)
-        warn_if_nodata_is_class(
-            self.path, self._src.nodata, classes or read_class_metadata(self._src)
-        )
-        self._vrt = WarpedVRT(
-            self._src,
-            crs=grid.crs,
-            transform=grid.transform,
-            width=grid.width,
-            height=grid.height,
-            resampling=Resampling.nearest,
-            src_nodata=self._src.nodata,
-            nodata=IGNORE_INDEX,
-        )
-        self._grid = grid
-        self.classes = classes
+        _check_overlap(self.path, src.crs, src.bounds, grid)
 
     def for_tile(self, tile: Tile) -> np.ndarray:
+        """Class ids on a tile's pixels; parts of the tile past the grid are 255."""
         labels = np.full(tile.shape, IGNORE_INDEX, dtype=np.uint8)
         col0, row0 = int(tile.window.col_off), int(tile.window.row_off)
         c0, r0 = max(col0, 0), max(row0, 0)
@@ -125,17 +145,24 @@ class RasterLabels:
         r1 = min(row0 + tile.height, self._grid.height)
         if c1 <= c0 or r1 <= r0:
             return labels
-        window = rasterio.windows.Window(c0, r0, c1 - c0, r1 - r0)
+        window = Window(c0, r0, c1 - c0, r1 - r0)
+        labels[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0] = self.read(window)
+        return labels
+
+    def read(self, window: Window) -> np.ndarray:
+        """Class ids on a window inside the grid; negative ids (no label) become 255."""
         with read_errors(self.path):
             values = self._vrt.read(1, window=window)
-        bad = (values > IGNORE_INDEX) | (values < 0)
+        bad = values > IGNORE_INDEX
         if bad.any():
             raise LabelsError(
                 f"{self.path}: class id {int(values[bad][0])} is outside 0..254 "
-                f"(255 means ignore); recode the label raster to uint8 class ids"
+                f"(255 or negative means ignore); recode the label raster to uint8 class ids"
             )
-        labels[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0] = values.astype(np.uint8)
-        return labels
+        if values.dtype.kind == "i":
+            # Signed labels mark "not labelled" with negatives (Sen1Floods11: -1).
+            values = np.where(values < 0, IGNORE_INDEX, values)
+        return values.astype(np.uint8, copy=False)
 
     def close(self) -> None:
         self._vrt.close()
@@ -153,12 +180,15 @@ class VectorLabels:
         field: str | None = None,
         classes: ClassMap | None = None,
         unlabeled: str = "background",
+        infer_classes: bool = True,
     ) -> None:
         import geopandas as gpd
         import pyogrio
 
         self.path = check_readable(path, what="labels")
         self.layer = label_layer(self.path)
+        if self.layer is None:
+            raise LabelsError(f"{self.path}: holds no layer of label polygons")
         try:
             info = pyogrio.read_info(self.path, layer=self.layer)
         except Exception as exc:  # pyogrio raises its own DataSourceError family
@@ -170,20 +200,26 @@ class VectorLabels:
                 f"{self.path}: vector labels have no CRS; assign one in QGIS or with "
                 f"ogr2ogr -a_srs EPSG:XXXX"
             )
+        if info.get("features") == 0:
+            raise LabelsError(
+                f"{self.path}: holds no label polygons (layer {self.layer!r} is empty); give "
+                f"the labels drawn for this raster"
+            )
         file_crs = rasterio.crs.CRS.from_user_input(info["crs"])
         bbox = transform_bounds(grid.crs, file_crs, *_grid_bounds(grid), densify_pts=21)
         frame = gpd.read_file(self.path, engine="pyogrio", bbox=bbox, layer=self.layer)
         frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
         if frame.empty:
             raise LabelsError(
-                f"{self.path}: no label features overlap the raster; check that the labels "
-                f"cover the same area (their CRS is {file_crs.to_string()})"
+                f"{self.path}: labels do not overlap the raster; check that they cover the "
+                f"same area and carry the right CRS (theirs is {file_crs.to_string()})"
             )
         frame = frame.to_crs(grid.crs)
-        self.classes, values = _class_values(self.path, frame, field, classes)
+        self.classes, values = _class_values(self.path, frame, field, classes, infer_classes)
         self._geometries = frame.geometry.values
         self._values = values
         self._sindex = frame.sindex
+        self._transform = grid.transform
         self._fill = 0 if unlabeled == "background" else IGNORE_INDEX
         if unlabeled == "background" and 0 not in self.classes.ids:
             raise ClassError(
@@ -192,16 +228,29 @@ class VectorLabels:
             )
 
     def for_tile(self, tile: Tile) -> np.ndarray:
+        """Class ids on a tile's pixels."""
+        return self._burn(tile.shape, tile.transform, tile.bounds)
+
+    def read(self, window: Window) -> np.ndarray:
+        """Class ids on a window of the grid."""
+        from rasterio.windows import bounds as window_bounds
+
+        shape = (int(window.height), int(window.width))
+        return self._burn(
+            shape, window_transform(window, self._transform), window_bounds(window, self._transform)
+        )
+
+    def _burn(self, shape, transform, bounds) -> np.ndarray:
         from rasterio.features import rasterize
         from shapely.geometry import box
 
-        hits = self._sindex.query(box(*tile.bounds), predicate="intersects")
+        hits = self._sindex.query(box(*bounds), predicate="intersects")
         if len(hits) == 0:
-            return np.full(tile.shape, self._fill, dtype=np.uint8)
+            return np.full(shape, self._fill, dtype=np.uint8)
         hits.sort()  # later features paint over earlier ones, as in the file
         shapes = zip(self._geometries[hits], self._values[hits], strict=True)
         return rasterize(
-            shapes, out_shape=tile.shape, transform=tile.transform, fill=self._fill, dtype="uint8"
+            shapes, out_shape=shape, transform=transform, fill=self._fill, dtype="uint8"
         )
 
     def close(self) -> None:
@@ -209,11 +258,21 @@ class VectorLabels:
 
 
 def _class_values(
-    path: Path, frame, field: str | None, classes: ClassMap | None
+    path: Path, frame, field: str | None, classes: ClassMap | None, infer_classes: bool = True
 ) -> tuple[ClassMap, np.ndarray]:
-    """The classes of a vector label file and one uint8 class id per feature."""
+    """The classes of a vector label file and one uint8 class id per feature.
+
+    Numeric fields hold class ids 0..254 (255: ignore); text fields hold class names,
+    looked up in ``classes`` (without them, and ``infer_classes``, background plus the
+    names found, in sorted order).
+    """
     columns = [c for c in frame.columns if c != frame.geometry.name]
-    if field is None and classes is None and {"class_id", "class_name"} <= set(columns):
+    if (
+        field is None
+        and classes is None
+        and infer_classes
+        and {"class_id", "class_name"} <= set(columns)
+    ):
         # Polygons written by geoseg (predict --vector, vectorize) name their ids.
         classes = _classes_from_pairs(path, frame["class_id"], frame["class_name"])
     if field is None:
@@ -239,13 +298,20 @@ def _class_values(
         )
     if column.dtype.kind in "iuf":
         ids = column.to_numpy()
-        if (ids != np.round(ids)).any() or (ids < 0).any() or (ids > 254).any():
+        if (ids != np.round(ids)).any() or (ids < 0).any() or (ids > IGNORE_INDEX).any():
             raise LabelsError(
-                f"{path}: field {field!r} must hold whole class ids 0..254 or class names"
+                f"{path}: field {field!r} must hold whole class ids 0..254 (255: ignore) or "
+                f"class names"
             )
         ids = ids.astype(np.uint8)
-        return (classes.with_ids(ids) if classes else ClassMap.from_ids([0, *ids])), ids
+        known = [0, *(i for i in ids.tolist() if i != IGNORE_INDEX)]
+        return (classes.with_ids(ids) if classes else ClassMap.from_ids(known)), ids
     names = column.astype(str)
+    if classes is None and not infer_classes:
+        raise LabelsError(
+            f"{path}: field {field!r} holds class names but no classes are known (the "
+            f"prediction carries none); give them with --classes CLASSES.json"
+        )
     if classes is None:
         found = sorted(set(names) - {"background"})
         classes = ClassMap.from_names(["background", *found])
@@ -289,9 +355,23 @@ def open_labels(
     field: str | None = None,
     classes: ClassMap | None = None,
     unlabeled: str = "background",
+    infer_classes: bool = True,
 ) -> RasterLabels | VectorLabels:
-    """Labels for a raster grid (an object with crs, transform, width, height)."""
+    """Labels for a raster grid (an object with crs, transform, width, height).
+
+    ``infer_classes=False``: class names in a vector field need ``classes`` (evaluation
+    must not guess the ids a prediction uses).
+    """
+    if unlabeled not in UNLABELED:
+        raise OptionError(f"--unlabeled must be background or ignore, got {unlabeled!r}")
     path = Path(path)
-    if is_vector(path):
-        return VectorLabels(path, grid, field=field, classes=classes, unlabeled=unlabeled)
+    if is_vector(path) or path.is_dir():
+        return VectorLabels(
+            path,
+            grid,
+            field=field,
+            classes=classes,
+            unlabeled=unlabeled,
+            infer_classes=infer_classes,
+        )
     return RasterLabels(path, grid, classes=classes)
