@@ -21,6 +21,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from geoseg.errors import BandError, OptionError, OutputError
+from geoseg.windows import BLOCK, block_windows
 
 if TYPE_CHECKING:
     from geoseg.raster import RasterSource
@@ -288,8 +289,9 @@ def index_complete(source: RasterSource, index: str, path: str | Path) -> bool:
 
     from geoseg.atomic import output_complete
 
-    grid = dict(width=source.width, height=source.height, crs=source.crs,
-                transform=source.transform)
+    grid = dict(
+        width=source.width, height=source.height, crs=source.crs, transform=source.transform
+    )
     if not output_complete(path, count=1, dtype="float32", **grid):
         return False
     with rasterio.open(path) as dataset:
@@ -301,7 +303,7 @@ def write_index(
     index: str,
     path: str | Path,
     *,
-    block: int = 512,
+    block: int = BLOCK,
     on_start: Callable[[int], None] | None = None,
     progress: Callable[[int], None] | None = None,
     **params: Any,
@@ -337,11 +339,7 @@ def write_index(
         predictor=3,
         BIGTIFF="IF_SAFER",
     )
-    windows = [
-        Window(col0, row0, min(block, source.width - col0), min(block, source.height - row0))
-        for row0 in range(0, source.height, block)
-        for col0 in range(0, source.width, block)
-    ]
+    windows = list(block_windows(source.width, source.height, block))
     if on_start is not None:
         on_start(len(windows))
     with atomic_output(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import logging
 import math
-import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from geoseg.errors import OptionError
 from geoseg.indices import check_bands, required_bands
+from geoseg.windows import BLOCK, Area, block_windows
 
 if TYPE_CHECKING:
     from geoseg.raster import RasterSource
@@ -28,55 +26,6 @@ log = logging.getLogger(__name__)
 
 #: Histogram bins over the index range; 0.001 wide for normalised differences.
 HISTOGRAM_BINS = 2000
-
-_AREA = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(px|m2|m²|ha|km2)?\s*$", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class Area:
-    """An area given on the command line: pixels, or square metres (``m2``, ``ha``, ``km2``)."""
-
-    value: float
-    unit: str = "px"
-
-    @classmethod
-    def parse(cls, text: str | int | float | Area, *, what: str = "--min-size") -> Area:
-        if isinstance(text, Area):
-            return text
-        if isinstance(text, (int, float)) and not isinstance(text, bool):
-            if text < 0:
-                raise OptionError(f"{what} {text} must not be negative")
-            return cls(float(text), "px")
-        match = _AREA.match(str(text))
-        if not match:
-            raise OptionError(
-                f"{what} {text!r} must be a number of pixels (200) or an area in square "
-                f"metres (5000m2, 0.5ha)"
-            )
-        value, unit = float(match.group(1)), (match.group(2) or "px").lower()
-        if unit == "ha":
-            value, unit = value * 1e4, "m2"
-        elif unit == "km2":
-            value, unit = value * 1e6, "m2"
-        elif unit == "m²":
-            unit = "m2"
-        return cls(value, unit)
-
-    def to_pixels(self, pixel_area: float, crs: CRS | None, *, what: str = "--min-size") -> int:
-        """Whole pixels for pixels of ``pixel_area`` (square map units) in ``crs``."""
-        if self.unit == "px":
-            return int(math.ceil(self.value))
-        if crs is not None and crs.is_geographic:
-            raise OptionError(
-                f"{what} {self.value:g}m2 is in square metres but the raster's CRS is "
-                f"geographic (degrees); give the size in pixels, or reproject the raster to "
-                f"a projected CRS first (geoseg reproject --dst-crs, e.g. its UTM zone)"
-            )
-        factor = crs.linear_units_factor[1] if crs is not None and crs.is_projected else 1.0
-        return int(math.ceil(self.value / (pixel_area * factor * factor)))
-
-    def __str__(self) -> str:
-        return f"{self.value:g}{'' if self.unit == 'px' else self.unit}"
 
 
 def area_pixels(value: str | int | float | Area, source: Any, *, what: str = "--min-size") -> int:
@@ -100,19 +49,11 @@ def parse_threshold(threshold: str | float) -> str | float:
         ) from None
 
 
-def _windows(source: RasterSource, size: int = 512):
-    for row0 in range(0, source.height, size):
-        for col0 in range(0, source.width, size):
-            yield Window(
-                col0, row0, min(size, source.width - col0), min(size, source.height - row0)
-            )
-
-
 def sampled_windows(
-    source: RasterSource, max_windows: int = 256, window_size: int = 512, seed: int = 0
+    source: RasterSource, max_windows: int = 256, window_size: int = BLOCK, seed: int = 0
 ) -> list[Window]:
     """Windows covering ``source``, or a seeded random ``max_windows`` of them spread over it."""
-    windows = list(_windows(source, window_size))
+    windows = list(block_windows(source.width, source.height, window_size))
     if len(windows) > max_windows:
         rng = np.random.default_rng(seed)
         picked = np.sort(rng.choice(len(windows), size=max_windows, replace=False))

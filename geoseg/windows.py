@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 from affine import Affine
 from rasterio.crs import CRS
@@ -19,31 +20,67 @@ from rasterio.windows import Window
 
 from geoseg.errors import OptionError
 
-_LENGTH = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(px|m|km)?\s*$", re.IGNORECASE)
+#: Block size (pixels) of every window-by-window pass over a raster: index files,
+#: reprojection, evaluation, histograms. Square, and a multiple of 16 (GeoTIFF tiles).
+BLOCK = 512
+
+
+def block_windows(width: int, height: int, size: int = BLOCK) -> Iterator[Window]:
+    """Windows of at most ``size`` x ``size`` pixels covering a grid, row by row."""
+    for row in range(0, height, size):
+        for col in range(0, width, size):
+            yield Window(col, row, min(size, width - col), min(size, height - row))
 
 
 @dataclass(frozen=True)
-class Length:
-    """A length given on the command line: pixels, or metres converted with a resolution."""
+class _Measure:
+    """A length or area given on the command line: pixels, or metric map units."""
 
     value: float
     unit: str = "px"
 
+    #: The text a value must match: a number and an optional unit.
+    PATTERN: ClassVar[re.Pattern[str]]
+    #: Unit as typed -> (factor, unit stored).
+    UNITS: ClassVar[dict[str, tuple[float, str]]]
+    #: What a valid value looks like, for messages.
+    EXPECTED: ClassVar[str]
+
+    @classmethod
+    def parse(cls, text, *, what: str):
+        if isinstance(text, cls):
+            return text
+        if isinstance(text, (int, float)) and not isinstance(text, bool):
+            if text < 0:
+                raise OptionError(f"{what} {text} must not be negative")
+            return cls(float(text), "px")
+        match = cls.PATTERN.match(str(text))
+        if not match:
+            raise OptionError(f"{what} {text!r} must be {cls.EXPECTED}")
+        factor, unit = cls.UNITS[(match.group(2) or "px").lower()]
+        return cls(float(match.group(1)) * factor, unit)
+
+    def _metres_per_unit(self, crs: CRS | None, advice: str) -> float:
+        """Metres per map unit of ``crs``; ``advice`` ends the error for a geographic CRS."""
+        if crs is not None and crs.is_geographic:
+            raise OptionError(advice)
+        return crs.linear_units_factor[1] if crs is not None and crs.is_projected else 1.0
+
+    def __str__(self) -> str:
+        return f"{self.value:g}{'' if self.unit == 'px' else self.unit}"
+
+
+@dataclass(frozen=True)
+class Length(_Measure):
+    """A length given on the command line: pixels, or metres converted with a resolution."""
+
+    PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(px|m|km)?\s*$", re.IGNORECASE)
+    UNITS = {"px": (1.0, "px"), "m": (1.0, "m"), "km": (1000.0, "m")}
+    EXPECTED = "a number of pixels (512) or a length in metres (2560m)"
+
     @classmethod
     def parse(cls, text: str | int | float | Length, *, what: str = "size") -> Length:
-        if isinstance(text, Length):
-            return text
-        if isinstance(text, (int, float)):
-            return cls(float(text), "px")
-        match = _LENGTH.match(str(text))
-        if not match:
-            raise OptionError(
-                f"{what} {text!r} must be a number of pixels (512) or a length in metres (2560m)"
-            )
-        value, unit = float(match.group(1)), (match.group(2) or "px").lower()
-        if unit == "km":
-            value, unit = value * 1000.0, "m"
-        return cls(value, unit)
+        return super().parse(text, what=what)
 
     def to_pixels(self, resolution: float, crs: CRS | None, *, what: str = "size") -> int:
         """Whole pixels for a grid of ``resolution`` (map units per pixel) in ``crs``."""
@@ -51,17 +88,44 @@ class Length:
             if self.value != int(self.value):
                 raise OptionError(f"{what} {self.value} must be a whole number of pixels")
             return int(self.value)
-        if crs is not None and crs.is_geographic:
-            raise OptionError(
-                f"{what} {self.value:g}m is in metres but the raster's CRS is geographic "
-                f"(degrees); give --dst-crs with a projected CRS (e.g. its UTM zone) or a "
-                f"size in pixels"
-            )
-        factor = crs.linear_units_factor[1] if crs is not None and crs.is_projected else 1.0
+        factor = self._metres_per_unit(
+            crs,
+            f"{what} {self.value:g}m is in metres but the raster's CRS is geographic "
+            f"(degrees); give --dst-crs with a projected CRS (e.g. its UTM zone) or a "
+            f"size in pixels",
+        )
         return max(1, round(self.value / (resolution * factor)))
 
-    def __str__(self) -> str:
-        return f"{self.value:g}{'' if self.unit == 'px' else self.unit}"
+
+@dataclass(frozen=True)
+class Area(_Measure):
+    """An area given on the command line: pixels, or square metres (``m2``, ``ha``, ``km2``)."""
+
+    PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(px|m2|m²|ha|km2)?\s*$", re.IGNORECASE)
+    UNITS = {
+        "px": (1.0, "px"),
+        "m2": (1.0, "m2"),
+        "m²": (1.0, "m2"),
+        "ha": (1e4, "m2"),
+        "km2": (1e6, "m2"),
+    }
+    EXPECTED = "a number of pixels (200) or an area in square metres (5000m2, 0.5ha)"
+
+    @classmethod
+    def parse(cls, text: str | int | float | Area, *, what: str = "--min-size") -> Area:
+        return super().parse(text, what=what)
+
+    def to_pixels(self, pixel_area: float, crs: CRS | None, *, what: str = "--min-size") -> int:
+        """Whole pixels for pixels of ``pixel_area`` (square map units) in ``crs``."""
+        if self.unit == "px":
+            return int(math.ceil(self.value))
+        factor = self._metres_per_unit(
+            crs,
+            f"{what} {self.value:g}m2 is in square metres but the raster's CRS is "
+            f"geographic (degrees); give the size in pixels, or reproject the raster to "
+            f"a projected CRS first (geoseg reproject --dst-crs, e.g. its UTM zone)",
+        )
+        return int(math.ceil(self.value / (pixel_area * factor * factor)))
 
 
 @dataclass(frozen=True)
