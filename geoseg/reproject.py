@@ -12,7 +12,6 @@ import numpy as np
 import rasterio
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.windows import Window
 
 from geoseg.atomic import (
     atomic_output,
@@ -21,9 +20,10 @@ from geoseg.atomic import (
     output_complete,
     write_errors,
 )
+from geoseg.classes import ClassMap
 from geoseg.errors import InputFileError, MissingCRSError, OutputError
 from geoseg.labels import is_vector
-from geoseg.raster import check_readable, open_raster, parse_crs
+from geoseg.raster import RasterSource, check_readable, open_raster, parse_crs
 from geoseg.styles import (
     GPKG_OPTIONS,
     read_class_metadata,
@@ -31,8 +31,7 @@ from geoseg.styles import (
     write_gpkg_styles,
     write_raster_qml,
 )
-
-BLOCK = 512
+from geoseg.windows import BLOCK, block_windows
 
 #: Output driver by suffix for rasters (written tiled and compressed).
 RASTER_DRIVERS = {".tif": "GTiff", ".tiff": "GTiff"}
@@ -96,48 +95,82 @@ def reproject_raster(
             f"written as GeoTIFF: end the name with one of {', '.join(RASTER_DRIVERS)}"
         )
     _check_output(dst, overwrite)
-    with open_raster(src, dst_crs=parse_crs(dst_crs), resolution=resolution, resampling=resampling) as source:
-        original = source._file
-        profile = source.profile(
-            driver=RASTER_DRIVERS[dst.suffix.lower()],
-            compress="deflate",
-            tiled=True,
-            blockxsize=BLOCK,
-            blockysize=BLOCK,
-            BIGTIFF="IF_SAFER",
-            predictor=3 if source.dtype.kind == "f" else 2,
+    crs = parse_crs(dst_crs)
+    with (
+        open_raster(src, dst_crs=crs, resolution=resolution, resampling=resampling) as source,
+        atomic_output(dst) as tmp,
+    ):
+        classes = warp_raster(
+            source, tmp, class_overviews=True, on_start=on_start, progress=progress
         )
-        windows = [
-            Window(col, row, min(BLOCK, source.width - col), min(BLOCK, source.height - row))
-            for row in range(0, source.height, BLOCK)
-            for col in range(0, source.width, BLOCK)
-        ]
-        if on_start:
-            on_start(len(windows))
-        needs_mask = source.nodata is None
-        classes = read_class_metadata(original) if original.count == 1 else None
-        with atomic_output(dst) as tmp:
-            env = rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True)
-            with env, rasterio.open(tmp, "w", **profile) as out:
-                for i, description in enumerate(original.descriptions, start=1):
-                    if description:
-                        out.set_band_description(i, description)
-                out.update_tags(**original.tags())
-                if original.count == 1:
-                    with contextlib.suppress(ValueError):  # no colour table to carry over
-                        out.write_colormap(1, original.colormap(1))
-                for window in windows:
-                    data, valid = source.read(window)
-                    out.write(data, window=window)
-                    if needs_mask:
-                        out.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
-                    if progress:
-                        progress(1)
-                if classes is not None:
-                    out.build_overviews(_overview_factors(out.width, out.height), Resampling.nearest)
     if classes is not None:
         write_raster_qml(dst, classes)
     return dst
+
+
+def warp_raster(
+    source: RasterSource,
+    dst: str | Path,
+    *,
+    creation: dict | None = None,
+    class_overviews: bool = False,
+    on_start: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ClassMap | None:
+    """Write ``source``, opened on the target grid (``open_raster(..., dst_crs=...)``),
+    window by window into a tiled GeoTIFF at ``dst``.
+
+    The one reprojection loop (``geoseg reproject``, and ``predict --dst-crs`` on its
+    streamed mask). ``dst`` is written in place: give a temporary name. Nodata (or an
+    internal mask where the source has none), tags, band descriptions and a colour table
+    carry over. ``creation``: GeoTIFF creation options over the defaults (deflate, 512 px
+    tiles). ``class_overviews``: a class mask also gets nearest overviews. Returns the
+    source's classes when it is a geoseg class mask, else None.
+    """
+    original = source._file
+    profile = source.profile(
+        driver=RASTER_DRIVERS[".tif"],
+        compress="deflate",
+        tiled=True,
+        blockxsize=BLOCK,
+        blockysize=BLOCK,
+        BIGTIFF="IF_SAFER",
+        predictor=3 if source.dtype.kind == "f" else 2,
+    )
+    profile.update(creation or {})
+    windows = list(block_windows(source.width, source.height))
+    if on_start:
+        on_start(len(windows))
+    needs_mask = source.nodata is None
+    classes = read_class_metadata(original) if original.count == 1 else None
+    env = rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True)
+    with env, rasterio.open(dst, "w", **profile) as out:
+        carry_metadata(original, out)
+        for window in windows:
+            data, valid = source.read(window)
+            out.write(data, window=window)
+            if needs_mask:
+                out.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
+            if progress:
+                progress(1)
+        if classes is not None and class_overviews:
+            out.build_overviews(_overview_factors(out.width, out.height), Resampling.nearest)
+    return classes
+
+
+def carry_metadata(src, dst) -> None:
+    """Copy dataset tags, band descriptions and a colour table from ``src`` to ``dst``.
+
+    Both are open rasterio datasets with the same bands; the colour table of a single
+    uint8 or uint16 band only, the only kinds that carry one.
+    """
+    dst.update_tags(**src.tags())
+    for i, description in enumerate(src.descriptions, start=1):
+        if description:
+            dst.set_band_description(i, description)
+    if src.count == 1 and src.dtypes[0] in ("uint8", "uint16"):
+        with contextlib.suppress(ValueError):  # no colour table to carry over
+            dst.write_colormap(1, src.colormap(1))
 
 
 def _overview_factors(width: int, height: int) -> list[int]:
@@ -149,7 +182,9 @@ def _overview_factors(width: int, height: int) -> list[int]:
     return factors
 
 
-def reproject_vector(src: str | Path, dst: str | Path, dst_crs: str | CRS, *, overwrite: bool = False) -> Path:
+def reproject_vector(
+    src: str | Path, dst: str | Path, dst_crs: str | CRS, *, overwrite: bool = False
+) -> Path:
     """Reproject every layer of a vector file with geopandas ``to_crs``."""
     import geopandas as gpd
     import pyogrio
