@@ -28,8 +28,6 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from affine import Affine
-from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform
 
 from geoseg.atomic import (
@@ -45,6 +43,7 @@ from geoseg.backend import Backend, ChipBatch, Prompts
 from geoseg.classes import IGNORE_INDEX, ClassMap
 from geoseg.errors import BackendError, InputFileError, OptionError, OutputError
 from geoseg.raster import Chip, RasterSource, open_raster, parse_crs
+from geoseg.reproject import carry_metadata, warp_raster
 from geoseg.stitch import (
     BLOCK_SIZE,
     ChipBlender,
@@ -121,18 +120,8 @@ def predict_raster(
             scratch = [p for p in (mask_tmp, prob_tmp) if p is not None]
             try:
                 with write_errors(out_path, scratch):
-                    _stream(
-                        backend,
-                        source,
-                        grid,
-                        classes,
-                        names,
-                        batch_size,
-                        prompt_source,
-                        mask_tmp,
-                        prob_tmp,
-                        progress,
-                    )
+                    run = _Run(backend, source, grid, classes, names, batch_size, prompt_source)
+                    _stream(run, mask_tmp, prob_tmp, progress)
                     for tmp, final in ((mask_tmp, out_path), (prob_tmp, probabilities_path)):
                         if tmp is not None:
                             verify_raster(tmp, name=final)
@@ -209,19 +198,8 @@ def predict_part(
                 prob_tmp = None
                 if probabilities_part is not None:
                     prob_tmp = outputs.enter_context(atomic_output(Path(probabilities_part)))
-                _stream(
-                    backend,
-                    source,
-                    grid,
-                    classes,
-                    names,
-                    batch_size,
-                    prompt_source,
-                    mask_tmp,
-                    prob_tmp,
-                    progress,
-                    chip_rows=(first, stop),
-                )
+                run = _Run(backend, source, grid, classes, names, batch_size, prompt_source)
+                _stream(run, mask_tmp, prob_tmp, progress, chip_rows=(first, stop))
     return part_path
 
 
@@ -262,35 +240,23 @@ def merge_parts(
 
 def _join(parts: Sequence[Path], out: Path) -> None:
     """Stack part rasters of whole rows, top to bottom, into one tiled GeoTIFF."""
-    with rasterio.open(parts[0]) as first:
-        profile = dict(first.profile)
-        tags, descriptions = first.tags(), first.descriptions
-        colormap = None
-        if first.count == 1 and first.dtypes[0] == "uint8":
-            with contextlib.suppress(ValueError):  # no colour table to carry over
-                colormap = first.colormap(1)
-        transform = first.transform
     height = 0
     for part in parts:
         with rasterio.open(part) as dataset:
             height += dataset.height
-    with rasterio.open(
-        out, "w", **tiled_profile(profile, height=height, transform=transform)
-    ) as dataset:
-        dataset.update_tags(**tags)
-        for i, description in enumerate(descriptions, start=1):
-            dataset.set_band_description(i, description or "")
-        if colormap is not None:
-            dataset.write_colormap(1, colormap)
-        writer = StripWriter(dataset)
-        top = 0
-        for part in parts:
-            with rasterio.open(part) as piece:
-                for row, rows in row_bands(piece.height, BLOCK_SIZE):
-                    window = rasterio.windows.Window(0, row, piece.width, rows)
-                    writer.write(top + row, piece.read(window=window))
-                top += piece.height
-        writer.close()
+    with rasterio.open(parts[0]) as first:
+        profile = tiled_profile(first.profile, height=height, transform=first.transform)
+        with rasterio.open(out, "w", **profile) as dataset:
+            carry_metadata(first, dataset)
+            writer = StripWriter(dataset)
+            top = 0
+            for part in parts:
+                with rasterio.open(part) as piece:
+                    for row, rows in row_bands(piece.height, BLOCK_SIZE):
+                        window = rasterio.windows.Window(0, row, piece.width, rows)
+                        writer.write(top + row, piece.read(window=window))
+                    top += piece.height
+            writer.close()
 
 
 #: Largest batch (chips, bands and probabilities as float32) the engine agrees to build.
@@ -383,14 +349,25 @@ def _make_batch(chips: list[Chip], prompt_source) -> _Batch:
     return _Batch(chips, images, valid, prompts)
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What a streaming pass predicts: a loaded backend on an open source and its grid.
+
+    ``names``: the bands the backend reads (None: all); ``prompt_source``: prompts per
+    chip, or None for a backend without prompts.
+    """
+
+    backend: Backend
+    source: RasterSource
+    grid: TileGrid
+    classes: ClassMap
+    names: tuple[str, ...] | None
+    batch_size: int
+    prompt_source: object | None = None
+
+
 def _stream(
-    backend: Backend,
-    source: RasterSource,
-    grid: TileGrid,
-    classes: ClassMap,
-    names: tuple[str, ...] | None,
-    batch_size: int,
-    prompt_source,
+    run: _Run,
     mask_tmp: Path,
     prob_tmp: Path | None,
     progress: Progress | None,
@@ -400,6 +377,8 @@ def _stream(
 
     ``chip_rows`` (first, stop): write only the rows these chip rows finish.
     """
+    backend, source, grid, classes = run.backend, run.source, run.grid, run.classes
+    names = run.names
     band_names = names or source.band_names
     channels = len(classes)
     class_ids = np.array(classes.ids, dtype=np.uint8)
@@ -438,7 +417,7 @@ def _stream(
             tiles = (
                 grid.tile(row, col) for row in range(start, stop) for col in range(grid.n_cols)
             )
-            batches = _batches(source, tiles, names, batch_size, prompt_source)
+            batches = _batches(source, tiles, names, run.batch_size, run.prompt_source)
             upcoming = reader.submit(next, batches, None)
             while True:
                 batch = upcoming.result()
@@ -542,52 +521,16 @@ def _finalise(tmp: Path, final: Path, dst_crs, *, resampling: str, **cog_options
         return
     warped = scratch_path(final)
     try:
-        with write_errors(final, [warped]):
-            reproject_tiled(
-                tmp,
-                warped,
-                dst_crs,
-                Resampling.nearest if resampling == "nearest" else Resampling.bilinear,
-            )
+        method = "nearest" if resampling == "nearest" else "bilinear"
+        with (
+            write_errors(final, [warped]),
+            open_raster(tmp, dst_crs=dst_crs, resampling=method) as source,
+        ):
+            warp_raster(source, warped, creation=tiled_profile({}))
         with atomic_output(final) as out:
             write_cog(warped, out, resampling=resampling, **cog_options)
     finally:
         remove_all([warped])
-
-
-def reproject_tiled(src: Path, dst: Path, dst_crs, resampling: Resampling) -> Path:
-    """Warp a raster to ``dst_crs`` strip by strip; keeps nodata, tags, colours, descriptions."""
-    with rasterio.open(src) as dataset:
-        transform, width, height = calculate_default_transform(
-            dataset.crs, dst_crs, dataset.width, dataset.height, *dataset.bounds
-        )
-        nodata = dataset.nodata
-        profile = tiled_profile(
-            dataset.profile, crs=dst_crs, transform=transform, width=width, height=height
-        )
-        with (
-            WarpedVRT(
-                dataset,
-                crs=dst_crs,
-                transform=transform,
-                width=width,
-                height=height,
-                resampling=resampling,
-                src_nodata=nodata,
-                nodata=nodata,
-            ) as vrt,
-            rasterio.open(dst, "w", **profile) as out,
-        ):
-            out.update_tags(**dataset.tags())
-            for i in range(1, dataset.count + 1):
-                out.set_band_description(i, dataset.descriptions[i - 1] or "")
-            if dataset.count == 1 and dataset.dtypes[0] == "uint8":
-                with contextlib.suppress(ValueError):  # no colour table to carry over
-                    out.write_colormap(1, dataset.colormap(1))
-            for top, rows in row_bands(height, BLOCK_SIZE):
-                window = rasterio.windows.Window(0, top, width, rows)
-                out.write(vrt.read(window=window), window=window)
-    return dst
 
 
 # Several sources ----------------------------------------------------------------------
