@@ -135,6 +135,7 @@ def finish_graph(path: Path, metadata: dict[str, str], settings: ExportSettings)
 
         # Input and output stay float32: Deepness and geoseg feed float32 pixels.
         graph = convert_float_to_float16(graph, keep_io_types=True)
+        _sort_nodes(graph.graph)  # the converter appends its input casts at the end
     del graph.metadata_props[:]
     for key, value in metadata.items():
         entry = graph.metadata_props.add()
@@ -142,6 +143,25 @@ def finish_graph(path: Path, metadata: dict[str, str], settings: ExportSettings)
     graph.producer_name = "geoseg"
     onnx.save(graph, str(path))
     check_graph(path)
+
+
+def _sort_nodes(graph) -> None:
+    """Order ``graph``'s nodes so that each comes after the nodes it reads from."""
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in known for i in n.input)]
+        if not ready:  # a cycle or a dangling input: leave it for the checker to report
+            ordered.extend(pending)
+            break
+        for node in ready:
+            known.update(node.output)
+        ordered.extend(ready)
+        pending = [n for n in pending if all(n is not r for r in ready)]
+    nodes = [n.SerializeToString() for n in ordered]
+    del graph.node[:]
+    for data in nodes:
+        graph.node.add().ParseFromString(data)
 
 
 def check_graph(path: Path) -> None:

@@ -8,9 +8,10 @@ backends NAME --model DIR`` prints it.
 Fields: ``format``; ``backend`` {name, version}; ``geoseg_version``; ``bands`` (names
 in the model's input order); ``classes`` (id, name, color per output channel);
 ``normalization`` (``{"kind": "standardize", "mean": [...], "std": [...]}`` in raw
-source units, or a backend's own kind); ``chip_size`` and ``overlap`` (pixels) of the
-chips trained on; ``training`` (dataset, epochs, batch size, lr, seed, options, best
-epoch and its score); ``backend_settings`` (the backend's own, free form).
+source units, or a backend's own kind); ``chip_size`` and ``overlap`` (pixels),
+``resolution`` (x, y pixel size in CRS units) and ``crs`` of the chips trained on;
+``training`` (dataset, epochs, batch size, lr, seed, options, best epoch and its score);
+``backend_settings`` (the backend's own, free form).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def training_manifest(
         "normalization": task.normalization(run),
         "chip_size": dataset.chip_size,
         "overlap": dataset.info.get("overlap"),
+        # Pixel size of the chips in units of their CRS (Deepness's "resolution" on export).
+        "resolution": dataset.info.get("resolution"),
+        "crs": dataset.info.get("crs"),
         "training": {
             "dataset": str(Path(dataset.root).resolve()),
             "base_model": run.settings.model,
