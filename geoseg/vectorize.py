@@ -17,7 +17,6 @@ import numpy as np
 import shapely
 from affine import Affine
 from rasterio.features import shapes
-from rasterio.windows import Window
 from shapely.geometry import shape
 
 from geoseg.atomic import atomic_output
@@ -25,6 +24,7 @@ from geoseg.classes import IGNORE_INDEX, ClassMap
 from geoseg.errors import InputFileError, OptionError
 from geoseg.raster import open_dataset, read_errors
 from geoseg.styles import GPKG_OPTIONS, read_class_metadata, write_vector_style
+from geoseg.windows import block_windows
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +126,7 @@ def _check_mask(dataset) -> None:
 def _polygonize(dataset, include_background: bool, size: int, progress: Progress | None):
     """(class ids, polygons in pixel coordinates of the whole mask), seams dissolved."""
     width, height = dataset.width, dataset.height
-    windows = [
-        Window(col, row, min(size, width - col), min(size, height - row))
-        for row in range(0, height, size)
-        for col in range(0, width, size)
-    ]
+    windows = list(block_windows(width, height, size))
     ids: list[int] = []
     geoms: list = []
     seam_ids: list[int] = []
