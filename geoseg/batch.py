@@ -57,10 +57,13 @@ class Failure:
 
     @classmethod
     def from_exception(cls, source: str | Path, exc: BaseException) -> Failure:
+        from geoseg.sources import source_path
+
+        source = source_path(source)  # a URL keeps its '//' (Path drops one)
         if isinstance(exc, GeosegError):
-            return cls(Path(source), str(exc), True, stops_job=stops_job(exc))
+            return cls(source, str(exc), True, stops_job=stops_job(exc))
         details = "".join(traceback.format_exception(exc))
-        return cls(Path(source), f"{type(exc).__name__}: {exc}", False, details)
+        return cls(source, f"{type(exc).__name__}: {exc}", False, details)
 
     def describe(self) -> str:
         """The source and the reason, one line, without naming the source twice."""

@@ -127,8 +127,10 @@ def absolute_path(path: str | Path | None, *, local_only: bool = False) -> str |
     (a hub id such as ``nvidia/mit-b0``, or ``auto``) is returned unchanged. The type
     (str or Path) is kept.
     """
-    if path is None or (local_only and not Path(path).exists()):
-        return path
+    from geoseg.sources import is_remote
+
+    if path is None or (local_only and not Path(path).exists()) or is_remote(path):
+        return path  # a URL reads the same from every worker
     absolute = os.path.abspath(os.path.expanduser(path))
     return Path(absolute) if isinstance(path, Path) else absolute
 

@@ -41,8 +41,8 @@ from geoseg.atomic import (
 )
 from geoseg.backend import Backend, ChipBatch, Prompts
 from geoseg.classes import IGNORE_INDEX, ClassMap
-from geoseg.errors import BackendError, InputFileError, OptionError, OutputError
-from geoseg.raster import Chip, RasterSource, open_raster, parse_crs
+from geoseg.errors import BackendError, GeosegError, InputFileError, OptionError, OutputError
+from geoseg.raster import Chip, RasterSource, open_dataset, open_raster, parse_crs
 from geoseg.reproject import carry_metadata, warp_raster
 from geoseg.stitch import (
     BLOCK_SIZE,
@@ -578,7 +578,7 @@ class PredictJob:
         if not self.mask.is_file():
             return []
         try:
-            with rasterio.open(self.mask) as mask, rasterio.open(self.source) as source:
+            with rasterio.open(self.mask) as mask, open_dataset(self.source) as source:
                 grids = []
                 if mask.crs == source.crs:
                     grids.append(
@@ -594,7 +594,7 @@ class PredictJob:
                 )
                 grids.append(dict(width=width, height=height, crs=mask.crs, transform=transform))
                 return grids
-        except (rasterio.errors.RasterioError, OSError, ValueError):
+        except (rasterio.errors.RasterioError, OSError, ValueError, GeosegError):
             return []
 
     def clean_partials(self) -> int:
@@ -608,11 +608,21 @@ class PredictJob:
 
 
 def expand_sources(paths: Sequence[str | Path]) -> list[Path]:
-    """Source rasters: files as given, folders replaced by the ``.tif``/``.tiff`` files inside."""
+    """Source rasters: files as given, folders replaced by the ``.tif``/``.tiff`` files inside.
+
+    URLs, band stacks, band folders and STAC items are sources too (``geoseg.sources``).
+    """
     if not paths:
         raise InputFileError("no source raster given; pass one or more GeoTIFFs or a folder")
+    from geoseg import sources as source_types
+
     sources: list[Path] = []
     for raw in paths:
+        if source_types.is_special(raw):
+            # A URL, a band stack or band folder, a STAC item: one source each, or one per
+            # item of a STAC ItemCollection.
+            sources.extend(source_types.expand_source(raw))
+            continue
         path = Path(raw)
         if path.is_dir():
             found = sorted(
@@ -660,7 +670,9 @@ def plan_outputs(
             f"{output}: exists and is not a folder; give a .tif file name for one source or a "
             f"folder for several"
         )
-    stems = [s.stem for s in sources]
+    from geoseg.sources import output_stem
+
+    stems = [output_stem(s) for s in sources]
     repeated = sorted({s for s in stems if stems.count(s) > 1})
     if repeated and not is_file:
         raise OutputError(
@@ -679,14 +691,14 @@ def plan_outputs(
             f"--vector (or --vector alone for <stem>.gpkg beside each mask)"
         )
     jobs = []
-    for source in sources:
-        mask = output if is_file else output / f"{source.stem}.tif"
+    for source, stem in zip(sources, stems, strict=True):
+        mask = output if is_file else output / f"{stem}.tif"
         if vector_path is None:
             vec = mask.with_suffix(".gpkg") if vector else None
         elif vector_path.suffix.lower() == ".gpkg":
             vec = vector_path
         else:
-            vec = vector_path / f"{source.stem}.gpkg"
+            vec = vector_path / f"{stem}.gpkg"
         probs = mask.with_name(f"{mask.stem}_probabilities.tif") if probabilities else None
         for path in (mask, vec, probs):
             if path is not None and path.exists() and path.resolve() == source.resolve():

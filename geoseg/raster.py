@@ -90,7 +90,15 @@ def proj_database_error(message: str, subject: str) -> SetupError:
 
 
 def check_readable(path: str | Path, *, what: str = "raster") -> Path:
-    """The path, or an ``InputFileError`` saying why it cannot be read."""
+    """The path, or an ``InputFileError`` saying why it cannot be read.
+
+    Remote sources, band stacks and STAC items (``geoseg.sources``) are returned as a
+    ``sources.source_path``; they are checked when opened.
+    """
+    from geoseg import sources
+
+    if sources.is_special(path):
+        return sources.source_path(path)
     path = Path(path)
     if not path.exists():
         raise InputFileError(f"{path}: no such file; check the path")
@@ -101,17 +109,22 @@ def check_readable(path: str | Path, *, what: str = "raster") -> Path:
     return path
 
 
-def open_dataset(path: str | Path, *, what: str = "raster"):
+def open_dataset(path: str | Path, *, what: str = "raster", resolved=None):
     """``rasterio.open(path)``, or an ``InputFileError`` naming the file when it is not a
-    raster GDAL reads or is cut short; close it (or use it as a context manager)."""
+    raster GDAL reads or is cut short; close it (or use it as a context manager).
+
+    ``path`` may be any source of ``geoseg.sources`` (a URL, a band stack, a STAC item);
+    ``resolved`` is its ``sources.resolve`` result when the caller has it already.
+    """
+    from geoseg import sources
+
     path = check_readable(path, what=what)
+    if resolved is None:
+        resolved = sources.resolve(path)
     try:
-        dataset = rasterio.open(path)
+        dataset = rasterio.open(resolved.path)
     except RasterioIOError as exc:
-        raise InputFileError(
-            f"{path}: not a {what} geoseg can read ({_gdal_reason(exc)}); "
-            f"give a GeoTIFF or another GDAL raster"
-        ) from None
+        raise gdal_failure(path, exc, what=what) from None
     try:
         check_complete(dataset, path)
     except BaseException:
@@ -151,6 +164,10 @@ def read_errors(path: str | Path) -> Iterator[None]:
     try:
         yield
     except RasterioIOError as exc:
+        from geoseg import sources
+
+        if sources.is_remote(path) or sources.source_kind(path) != "raster":
+            raise gdal_failure(path, exc, what="raster", reading=True) from None
         raise InputFileError(
             f"{path}: cannot read pixels ({_gdal_reason(exc)}); the file is damaged or "
             f"truncated: download or export it again"
@@ -188,8 +205,20 @@ class RasterSource:
         resampling: str | Resampling = "bilinear",
         require_crs: bool = True,
     ) -> None:
+        from geoseg import sources
+
         self.path = check_readable(path)
-        self._file = open_dataset(self.path)
+        # A band stack is built on the --resolution grid itself instead of warped again.
+        resolved = sources.resolve(
+            self.path,
+            bands=bands,
+            resolution=resolution if dst_crs is None else None,
+            resampling=resampling.name if isinstance(resampling, Resampling) else resampling,
+        )
+        if resolved.resolution is not None:
+            resolution = None
+        bands = resolved.band_spec
+        self._file = open_dataset(self.path, resolved=resolved)
         try:
             if require_crs and self._file.crs is None:
                 raise MissingCRSError(
@@ -386,6 +415,50 @@ class RasterSource:
 def open_raster(path: str | Path, bands=None, **kwargs) -> RasterSource:
     """Open a raster for windowed reading; see ``RasterSource`` for the arguments."""
     return RasterSource(path, bands, **kwargs)
+
+
+def gdal_failure(
+    path: str | Path, exc: Exception, *, what: str = "raster", reading: bool = False
+) -> InputFileError:
+    """The one-line error for GDAL failing to open (or, ``reading``, read) ``path``.
+
+    For a remote source it names the URL and says whether it was not found, refused or
+    timed out, instead of blaming the file.
+    """
+    from geoseg import sources
+
+    text = sources.source_text(path)
+    reason = _gdal_reason(exc)
+    if sources.is_remote(text) or "/vsicurl/" in str(exc) or "HTTP" in str(exc):
+        if "404" in str(exc) or "does not exist" in str(exc):
+            advice = "not found (HTTP 404); check the URL"
+        elif "timed out" in str(exc).lower() or "timeout" in str(exc).lower():
+            advice = (
+                f"the server did not answer in time ({reason}); retry later or raise "
+                f"GDAL_HTTP_TIMEOUT"
+            )
+        elif any(code in str(exc) for code in ("401", "403")):
+            advice = f"access denied ({reason}); check the URL's credentials or signature"
+        else:
+            advice = f"cannot be read over the network ({reason}); check the URL and the network"
+        url = text if sources.is_remote(text) else _url_in(str(exc)) or text
+        return InputFileError(f"{url}: {advice}")
+    if reading:
+        return InputFileError(
+            f"{text}: cannot read pixels ({reason}); a band file is damaged or truncated: "
+            f"download or export it again"
+        )
+    return InputFileError(
+        f"{text}: not a {what} geoseg can read ({reason}); give a GeoTIFF or another GDAL raster"
+    )
+
+
+def _url_in(message: str) -> str | None:
+    """The first URL in a GDAL message (a band file of a stack), without its VSI prefix."""
+    import re
+
+    found = re.search(r"(https?|s3|gs)://[^\s'\"]+", message)
+    return found.group(0).rstrip(":,.") if found else None
 
 
 def _gdal_reason(exc: Exception) -> str:

@@ -70,6 +70,7 @@ class GeosegGroup(click.Group):
 
         from geoseg.atomic import quiet_libtiff
         from geoseg.signals import sigterm_interrupts
+        from geoseg.sources import GDAL_HTTP_DEFAULTS
 
         try:
             # Inside an Env, GDAL's messages go to the "rasterio" logger instead of
@@ -77,6 +78,10 @@ class GeosegGroup(click.Group):
             # A bounded block cache: GDAL's default (5% of RAM) lets peak memory grow with
             # the raster for no gain, since chips are read once (overlaps stay cached).
             options = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MB << 20}
+            # Remote COGs: windowed range reads, retries; what the environment sets wins.
+            options.update(
+                {k: v for k, v in GDAL_HTTP_DEFAULTS.items() if k not in os.environ}
+            )
             with rasterio.Env(**options), sigterm_interrupts():
                 quiet_libtiff()  # a full disk is reported once, by geoseg, naming the file
                 return super().invoke(ctx)

@@ -168,6 +168,7 @@ def predict(
     from geoseg.plugins import check_model_option
     from geoseg.predict import expand_sources, plan_outputs
     from geoseg.raster import check_readable, parse_crs
+    from geoseg.sources import is_special
 
     if scheduler is not None:
         # The workers of an external cluster do not share this working directory.
@@ -186,7 +187,9 @@ def predict(
     if (min_area or simplify) and vector is None:
         raise OptionError("--min-area and --simplify shape the polygons of --vector; add --vector")
     source_paths = expand_sources(sources)
-    single_file = len(sources) == 1 and not Path(sources[0]).is_dir()
+    single_file = len(sources) == 1 and (
+        not Path(sources[0]).is_dir() or is_special(sources[0])  # a band folder is one source
+    )
     vector_arg = True if vector == "" else vector
     jobs = plan_outputs(
         source_paths,

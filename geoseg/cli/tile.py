@@ -145,8 +145,11 @@ def tile(
     Example:
       geoseg tile naip.tif -o chips --bands naip --size 256 --labels lakes.gpkg
     """
+    from geoseg.sources import expand_source
     from geoseg.tiling import TileSettings, tile_sources
 
+    # A STAC ItemCollection is one source per item; URLs and band stacks stay as given.
+    sources = [source for raw in sources for source in expand_source(raw)]
     if scheduler is not None:
         from geoseg.distributed import absolute_path
 
