@@ -2,7 +2,12 @@
 
 A backend's options are a dataclass; its field types say how text is converted and its
 ``__post_init__`` validates the values. Every mistake becomes an ``OptionError`` that
-names the option and says what would be accepted.
+names the option (and, given an ``owner``, the backend) and says what would be accepted.
+
+Options explain themselves (``describe_options``, shown by ``geoseg backends NAME``): a
+field's help is its ``option(help=...)`` metadata, else the sentence of the class
+docstring that introduces it (``name``: ...); ``option(applies=...)`` says whether it
+applies to ``train``, ``predict`` or ``both`` (the training core's own options: train).
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from typing import Any, Literal, Union
 import yaml
 
 from geoseg.errors import InputFileError, OptionError
+
+#: The commands an option applies to.
+APPLIES = ("train", "predict", "both")
 
 _TRUE = {"true", "yes", "y", "on", "1"}
 _FALSE = {"false", "no", "n", "off", "0"}
@@ -58,10 +66,130 @@ def build_options(
         values[name] = _convert(text.strip(), hints.get(name, Any), name, "--option")
         sources[name] = "--option"
 
+    who = f"{owner}: " if owner else ""
     try:
         return options_cls(**values)
+    except OptionError as exc:
+        raise OptionError(f"{who}{exc}") from None
     except (ValueError, TypeError) as exc:
-        raise OptionError(_explain(str(exc), fields, sources)) from None
+        raise OptionError(who + _explain(str(exc), fields, sources)) from None
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str | None = None,
+    applies: str = "both",
+    default_factory: Any = dataclasses.MISSING,
+) -> Any:
+    """A dataclass field for a backend option, with its help and where it applies.
+
+    ``applies``: ``"train"`` (``geoseg train`` only), ``"predict"`` or ``"both"``.
+    """
+    if applies not in APPLIES:
+        raise ValueError(f"applies must be one of {', '.join(APPLIES)}, got {applies!r}")
+    metadata = {"applies": applies}
+    if help is not None:
+        metadata["help"] = help
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def describe_options(options_cls: type, *, trains: bool = True) -> list[dict[str, Any]]:
+    """One record per option: name, type (as typed), default, help and ``applies``.
+
+    ``trains=False`` (a backend that does not train): every option applies to predict.
+    """
+    if not dataclasses.is_dataclass(options_cls):
+        return []
+    hints = typing.get_type_hints(options_cls)
+    fields = [f for f in dataclasses.fields(options_cls) if f.init]
+    docs = _docstring_help(options_cls, [f.name for f in fields])
+    training = _training_core_fields()
+    records = []
+    for field in fields:
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            default = None
+        applies = field.metadata.get("applies")
+        if not trains:
+            applies = "predict"
+        elif applies is None:
+            applies = "train" if field.name in training else "both"
+        records.append(
+            {
+                "name": field.name,
+                "type": type_text(hints.get(field.name, Any)),
+                "default": _default_text(default),
+                "help": field.metadata.get("help") or docs.get(field.name, ""),
+                "applies": applies,
+            }
+        )
+    return records
+
+
+def _training_core_fields() -> frozenset[str]:
+    """Names of the training core's options (``geoseg.training.TrainingOptions``)."""
+    try:
+        from geoseg.training import TrainingOptions
+    except ImportError:  # a core without the training extra
+        return frozenset()
+    return frozenset(f.name for f in dataclasses.fields(TrainingOptions))
+
+
+def _docstring_help(options_cls: type, names: Sequence[str]) -> dict[str, str]:
+    """Help per field from the class docstrings (this class first, then its bases).
+
+    A field's help is the sentence that introduces it as ````name````: (or
+    ````a```` / ````b````:), else the first sentence that names it.
+    """
+    import inspect
+    import re
+
+    sentences: list[str] = []
+    for cls in options_cls.__mro__:
+        doc = cls.__dict__.get("__doc__")
+        if not doc or cls is object:
+            continue
+        body = inspect.cleandoc(doc).partition("\n")[2]
+        text = " ".join(body.split())
+        sentences += [part.strip() for part in re.split(r"(?<=[.;])\s+(?=``|[A-Z])", text)]
+    found: dict[str, str] = {}
+    for name in names:
+        mark = f"``{name}``"
+        introduced = re.compile(rf"^(?:``\w+``\s*(?:/|,|and)\s*)*{re.escape(mark)}[^:]*?:")
+        mentions = [s for s in sentences if mark in s]
+        best = next((s for s in mentions if introduced.match(s)), None)
+        if best is None and mentions:
+            best = mentions[0]
+        if best:
+            if best.startswith(f"{mark}:"):  # "``name``: what it is" -> "What it is"
+                best = best[len(mark) + 1 :].replace("``", "").strip()
+                best = best[:1].upper() + best[1:]
+            found[name] = best.replace("``", "").rstrip(";,").rstrip(".") + "."
+    return found
+
+
+def type_text(hint: Any) -> str:
+    """A type as a user types its values: ``ndwi|mndwi``, ``float,float``, ``int|none``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "|".join(str(arg) for arg in args)
+    if origin is Union or origin is types.UnionType:
+        return "|".join("none" if arg is type(None) else type_text(arg) for arg in args)
+    if origin in (tuple, list, set, frozenset):
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            return ",".join(type_text(arg) for arg in args) if args else "a,b,..."
+        return f"{type_text(args[0]) if args else 'text'},..."
+    return getattr(hint, "__name__", str(hint))
+
+
+def _default_text(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return ",".join(f"{item:g}" if isinstance(item, float) else str(item) for item in value)
+    return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
 
 
 def _read_config(path: Path, fields: Mapping[str, dataclasses.Field]) -> Mapping[str, Any]:

@@ -115,3 +115,52 @@ def test_backend_without_options_rejects_any(tmp_path):
     assert build_options(NoOptions, []) == NoOptions()
     with pytest.raises(OptionError, match="it takes no options"):
         build_options(NoOptions, ["a=1"], owner="backend 'plain'")
+
+
+def test_options_explain_themselves_and_errors_name_the_backend():
+    from geoseg.config import describe_options, option
+    from geoseg.training import TrainingOptions
+
+    @dataclass(frozen=True)
+    class LakeOptions(TrainingOptions):
+        """Options of a lake backend.
+
+        ``depth``: lake depth in metres. ``rate`` / ``steps``: the optimizer's schedule.
+        """
+
+        depth: float = 2.0
+        rate: float = option(0.1, applies="train")
+        steps: int = option(5, applies="train", help="Optimizer steps per chip.")
+        cutoff: float = option(0.5, applies="predict", help="Probability of the lake class.")
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.depth <= 0:
+                raise ValueError(f"depth must be > 0, got {self.depth}")
+            if self.steps < 1:
+                raise OptionError(f"option steps must be at least 1, got {self.steps}")
+
+    records = {r["name"]: r for r in describe_options(LakeOptions)}
+    assert records["depth"] == {
+        "name": "depth", "type": "float", "default": 2.0, "help": "Lake depth in metres.",
+        "applies": "both",
+    }  # fmt: skip
+    assert records["rate"]["help"] == "rate / steps: the optimizer's schedule."
+    assert records["rate"]["applies"] == "train"
+    assert records["steps"]["help"] == "Optimizer steps per chip."  # metadata wins
+    assert records["cutoff"]["applies"] == "predict"
+    # The training core's options apply to geoseg train, with the core's docstring as help.
+    assert records["warmup"]["applies"] == "train"
+    assert records["warmup"]["help"].startswith("Fraction of the optimizer steps")
+    assert {r["applies"] for r in describe_options(LakeOptions, trains=False)} == {"predict"}
+    with pytest.raises(ValueError, match="applies must be one of train, predict, both"):
+        option(1, applies="always")
+
+    # One error type, and the backend named, whether __post_init__ raises ValueError or
+    # OptionError.
+    with pytest.raises(OptionError) as caught:
+        build_options(LakeOptions, ["depth=0"], owner="backend 'lake'")
+    assert str(caught.value) == "backend 'lake': invalid option: depth must be > 0, got 0.0"
+    with pytest.raises(OptionError) as caught:
+        build_options(LakeOptions, ["steps=0"], owner="backend 'lake'")
+    assert str(caught.value) == "backend 'lake': option steps must be at least 1, got 0"

@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import types
-import typing
+import textwrap
 from typing import Any
 
 import click
 
 from geoseg.backend import Backend
+from geoseg.config import describe_options
 
 
 @click.command()
@@ -104,7 +104,7 @@ def _backend_record(info: Any) -> dict[str, Any]:
             **dataclasses.asdict(capabilities),
             "summary": capabilities.describe(),
         },
-        "options": _options_record(cls.Options),
+        "options": describe_options(cls.Options, trains=capabilities.trains),
     }
 
 
@@ -116,50 +116,6 @@ def _details(cls: type) -> str:
     if inspect.getdoc(Backend) == doc:
         return ""
     return doc.partition("\n")[2].strip()
-
-
-def _options_record(options_cls: type) -> list[dict[str, Any]]:
-    if not dataclasses.is_dataclass(options_cls):
-        return []
-    hints = typing.get_type_hints(options_cls)
-    records = []
-    for field in dataclasses.fields(options_cls):
-        if not field.init:
-            continue
-        if field.default is not dataclasses.MISSING:
-            default = field.default
-        elif field.default_factory is not dataclasses.MISSING:
-            default = field.default_factory()
-        else:
-            default = None
-        records.append(
-            {
-                "name": field.name,
-                "type": _type_name(hints.get(field.name, Any)),
-                "default": _default_text(default),
-            }
-        )
-    return records
-
-
-def _type_name(hint: Any) -> str:
-    """A type as a user types its values: ``ndwi|mndwi``, ``float,float``, ``int|none``."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Literal:
-        return "|".join(str(arg) for arg in args)
-    if origin is typing.Union or origin is types.UnionType:
-        return "|".join("none" if arg is type(None) else _type_name(arg) for arg in args)
-    if origin in (tuple, list, set, frozenset):
-        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
-            return ",".join(_type_name(arg) for arg in args) if args else "a,b,..."
-        return f"{_type_name(args[0]) if args else 'text'},..."
-    return getattr(hint, "__name__", str(hint))
-
-
-def _default_text(value: Any) -> Any:
-    if isinstance(value, (tuple, list)):
-        return ",".join(f"{item:g}" if isinstance(item, float) else str(item) for item in value)
-    return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
 
 
 def _echo_table(records: list[dict[str, Any]]) -> None:
@@ -184,8 +140,6 @@ def _echo_details(record: dict[str, Any]) -> None:
     origin = " ".join(p for p in (record["distribution"], record["version"]) if p) or "-"
     click.echo(f"{record['name']}: {record['description']}")
     if record.get("details"):
-        import textwrap
-
         click.echo(textwrap.indent(record["details"], "  "))
     click.echo(f"  provided by: {origin} (plugin {record['plugin']!r})")
     click.echo(f"  contract: v{record['contract_version']}")
@@ -195,8 +149,19 @@ def _echo_details(record: dict[str, Any]) -> None:
         click.echo(f"  classes: {', '.join(classes)}")
     if record["options"]:
         click.echo("  options (--option KEY=VALUE or --config FILE):")
+        trains = record["capabilities"]["trains"]
         for option in record["options"]:
             default = "none" if option["default"] is None else option["default"]
-            click.echo(f"    {option['name']}={default}  ({option['type']})")
+            # Only a backend that trains has options that apply to one command alone.
+            applies = (
+                f"  [{option['applies']} only]" if trains and option["applies"] != "both" else ""
+            )
+            click.echo(f"    {option['name']}={default}  ({option['type']}){applies}")
+            if option["help"]:
+                click.echo(
+                    textwrap.fill(
+                        option["help"], width=88, initial_indent=" " * 8, subsequent_indent=" " * 8
+                    )
+                )
     else:
         click.echo("  options: none")
