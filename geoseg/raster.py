@@ -92,12 +92,12 @@ def proj_database_error(message: str, subject: str) -> SetupError:
 def check_readable(path: str | Path, *, what: str = "raster") -> Path:
     """The path, or an ``InputFileError`` saying why it cannot be read.
 
-    Remote sources, band stacks and STAC items (``geoseg.sources``) are returned as a
-    ``sources.source_path``; they are checked when opened.
+    Remote sources, and for rasters band stacks and STAC items (``geoseg.sources``), are
+    returned as a ``sources.source_path``; they are checked when opened.
     """
     from geoseg import sources
 
-    if sources.is_special(path):
+    if sources.is_remote(path) or (what == "raster" and sources.is_special(path)):
         return sources.source_path(path)
     path = Path(path)
     if not path.exists():

@@ -229,8 +229,12 @@ def _looks_like_stac(path: Path) -> bool:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return True  # reported by the STAC reader, naming the file
-    return isinstance(data, dict) and (
-        "stac_version" in data or data.get("type") in ("Feature", "FeatureCollection")
+    if not isinstance(data, dict):
+        return False
+    features = data.get("features") if data.get("type") == "FeatureCollection" else [data]
+    # GeoJSON that is not STAC (prompts, labels) has no assets.
+    return "stac_version" in data or any(
+        isinstance(f, dict) and ("assets" in f or "stac_version" in f) for f in features or []
     )
 
 
@@ -269,8 +273,10 @@ def output_stem(source: str | os.PathLike) -> str:
             Path(source_text(v.strip())).stem
             for _, _, v in (p.partition("=") for p in text.split(","))
         ]
-        common = os.path.commonprefix(stems).rstrip("_-. ")
-        return _safe_stem(common or "stack")
+        common = os.path.commonprefix(stems)
+        if len(set(stems)) > 1 and not common.endswith(("_", "-", ".")):
+            common = re.sub(r"[^_.-]*$", "", common)  # T33UUP_20230801_B -> T33UUP_20230801_
+        return _safe_stem(common.rstrip("_-. ") or "stack")
     if not is_remote(text) and Path(text).is_dir():
         folder = Path(text).resolve()
         for part in (folder, *folder.parents):

@@ -342,18 +342,66 @@ def test_predict_a_url_gives_the_local_mask_named_after_the_file(remote, tmp_pat
         assert (mask.read(1) == 1).any()  # the NAIP chip holds water
 
 
+@requires_samples()
 def test_index_prompts_and_tile_read_a_remote_cog(remote, tmp_path, invoke):
-    url = f"{remote.url}/T33UUP_20230801_B03_10m.tif"
-    invoke(
-        "index", url, "-o", tmp_path / "one.tif", "--index", "hsv", "--bands", "red=1", expect=2
-    )  # one band has no blue: a user error, not a crash
-    result = invoke("tile", url, "-o", tmp_path / "chips", "--size", "128", "--overlap", "0", "-q")
+    url = f"{remote.url}/naip_chip.tif"
+    local = remote.root / "naip_chip.tif"
+    invoke("index", url, "-o", tmp_path / "ndwi.tif", "--bands", "naip", "-q")
+    invoke("index", local, "-o", tmp_path / "ndwi_local.tif", "--bands", "naip", "-q")
+    with (
+        rasterio.open(tmp_path / "ndwi.tif") as index,
+        rasterio.open(tmp_path / "ndwi_local.tif") as ref,
+    ):
+        assert index.transform == ref.transform and index.crs == ref.crs
+        assert np.array_equal(index.read(1), ref.read(1), equal_nan=True)
+    result = invoke("prompts", url, "-o", tmp_path / "prompts.gpkg", "--bands", "naip", "-q")
+    assert "positive" in result.output
+    result = invoke(
+        "tile",
+        url,
+        "-o",
+        tmp_path / "chips",
+        "--bands",
+        "naip",
+        "--size",
+        "256",
+        "--overlap",
+        "0",
+        "-q",
+    )
     assert "4 chips" in result.output
     chips = sorted((tmp_path / "chips" / "images").glob("*.tif"))
-    assert chips[0].name.startswith("T33UUP_20230801_B03_10m")
-    with rasterio.open(chips[0]) as chip, rasterio.open(remote.root / url.rsplit("/", 1)[1]) as src:
-        assert chip.crs == src.crs
-        assert np.array_equal(chip.read(1), src.read(1, window=Window(0, 0, 128, 128)))
+    assert chips[0].name.startswith("naip_chip")
+    with rasterio.open(chips[0]) as chip, rasterio.open(local) as src:
+        assert chip.crs == src.crs and chip.transform == src.transform
+        assert np.array_equal(chip.read(), src.read(window=Window(0, 0, 256, 256)))
+
+
+def test_tile_a_band_stack_at_a_coarser_resolution(remote, tmp_path, invoke):
+    result = invoke(
+        "tile",
+        local_stack(remote),
+        "-o",
+        tmp_path / "chips",
+        "--size",
+        "64",
+        "--overlap",
+        "0",
+        "--resolution",
+        "20",
+        "--resampling",
+        "average",
+        "-q",
+    )
+    assert "4 chips" in result.output  # 128 x 128 px at 20 m
+    chip = sorted((tmp_path / "chips" / "images").glob("*.tif"))[0]
+    assert chip.name.startswith("T33UUP_20230801_r")  # the band files' common prefix
+    with (
+        rasterio.open(chip) as data,
+        rasterio.open(remote.root / "T33UUP_20230801_B11_20m.tif") as swir,
+    ):
+        assert data.res == (20.0, 20.0) and data.descriptions == ("green", "nir", "swir1")
+        assert np.array_equal(data.read(3), swir.read(1, window=Window(0, 0, 64, 64)))
 
 
 # Band stacks and STAC items --------------------------------------------------------------
