@@ -431,6 +431,12 @@ def test_a_stac_item_over_http_reads_as_the_local_band_stack(remote):
         assert np.array_equal(remote_data, local_data) and np.array_equal(remote_valid, local_valid)
         # raster:bands scale and offset reach the VRT, so reflectance is known
         assert stac.dataset.scales == (SCALE,) * 6 and stac.dataset.offsets == (OFFSET,) * 6
+        from geoseg.water import raster_reflectance
+
+        reflectance = raster_reflectance(stac)
+        assert reflectance.known and reflectance.offset["swir1"] == OFFSET
+        water_green = reflectance.apply(remote_data[:1, :, :20], "green")
+        assert abs(float(water_green.mean()) - WATER["green"]) < 0.002
     with rasterio.open(remote.root / "T33UUP_20230801_B03_10m.tif") as green:
         assert np.array_equal(remote_data[0], green.read(1, window=window))
     # The 20 m band, brought onto the 10 m grid: nearest is each pixel repeated 2x2 ...
