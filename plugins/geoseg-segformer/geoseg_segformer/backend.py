@@ -1,9 +1,14 @@
-"""The ``segformer`` backend: land-cover classes from a fine-tuned SegFormer."""
+"""The ``hf`` backend: classes per pixel from any Hugging Face semantic-segmentation model.
+
+``segformer`` is the same backend under its earlier name (SegFormer is the default base
+checkpoint of both); a model folder records which name trained it.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,7 +16,7 @@ import numpy as np
 from geoseg.backend import Backend, Capabilities, ChipBatch, resolve_device
 from geoseg.classes import ClassMap
 from geoseg.errors import BackendError, BandError, WeightsError
-from geoseg_segformer.options import SegformerOptions
+from geoseg_segformer.options import SegmentationOptions
 
 log = logging.getLogger(__name__)
 
@@ -27,42 +32,51 @@ class _class_or_instance:
         return functools.partial(self.func, owner if instance is None else instance)
 
 
-class SegformerBackend(Backend):
-    """SegFormer (or another transformers semantic-segmentation model) on any bands."""
+class HFSegmentationBackend(Backend):
+    """Any ``AutoModelForSemanticSegmentation`` checkpoint on any bands."""
 
-    name = "segformer"
+    name = "hf"
     description = (
-        "SegFormer land-cover classes; trains LoRA adapters (or the full model) on "
-        "geoseg tile chip sets, any number of bands"
+        "Any Hugging Face semantic-segmentation checkpoint (SegFormer, UperNet, BEiT, DPT, "
+        "MobileViTV2, ...); trains LoRA adapters (or the full model) on geoseg tile chip "
+        "sets, any number of bands"
     )
-    Options = SegformerOptions
+    Options = SegmentationOptions
 
-    def __init__(self, options: SegformerOptions | None = None) -> None:
+    def __init__(self, options: SegmentationOptions | None = None) -> None:
         super().__init__(options)
         self._net: Any = None
         self._settings: Any = None
+        self._chip_size: int | None = None
         self._device = "cpu"
 
     @_class_or_instance
     def capabilities(self_or_cls) -> Capabilities:  # noqa: N805
-        """Multi-class, trains; after ``load``, ``bands`` are the model's bands in input order."""
-        settings = getattr(self_or_cls, "_settings", None)
-        bands = tuple(settings.band_names) if not isinstance(self_or_cls, type) and settings else ()
-        return Capabilities(binary=False, trains=True, bands=bands, chip_size=512)
+        """Multi-class, trains; after ``load``, ``bands`` are the model's bands in input order
+        and ``chip_size`` the size it was trained on (ViT-style position embeddings)."""
+        loaded = not isinstance(self_or_cls, type)
+        settings = getattr(self_or_cls, "_settings", None) if loaded else None
+        bands = tuple(settings.band_names) if settings else ()
+        chip_size = (getattr(self_or_cls, "_chip_size", None) if loaded else None) or 512
+        return Capabilities(binary=False, trains=True, bands=bands, chip_size=chip_size)
 
     def load(self, model: str | None, device: str = "auto") -> None:
         if not model:
             raise WeightsError(
-                "segformer needs --model: a folder written by geoseg train, or a fine-tuned "
-                "SegFormer (hub id or folder) such as nvidia/segformer-b0-finetuned-ade-512-512"
+                f"{self.name} needs --model: a folder written by geoseg train, or a fine-tuned "
+                "segmentation checkpoint (hub id or folder) such as "
+                "nvidia/segformer-b0-finetuned-ade-512-512"
             )
+        from geoseg.manifest import read_manifest
         from geoseg_segformer.model import load_for_prediction
 
         self._device = resolve_device(device)
         self._net, self._settings = load_for_prediction(str(model), self._device)
+        manifest = read_manifest(model) if Path(str(model)).expanduser().is_dir() else None
+        self._chip_size = (manifest or {}).get("chip_size")
         log.info(
-            "segformer: %s on %s, bands %s, classes %s",
-            model, self._device, ",".join(self._settings.band_names),
+            "%s: %s on %s, bands %s, classes %s",
+            self.name, model, self._device, ",".join(self._settings.band_names),
             ",".join(self._settings.classes.names),
         )  # fmt: skip
 
@@ -70,7 +84,7 @@ class SegformerBackend(Backend):
     def model_settings(self):
         """The loaded model's settings (bands, normalisation, classes, base checkpoint)."""
         if self._settings is None:
-            raise BackendError("segformer: call load(model) before predicting")
+            raise BackendError(f"{self.name}: call load(model) before predicting")
         return self._settings
 
     def classes(self) -> ClassMap:
@@ -78,7 +92,8 @@ class SegformerBackend(Backend):
 
     def predict(self, batch: ChipBatch) -> np.ndarray:
         import torch
-        import torch.nn.functional as F
+
+        from geoseg_segformer.model import segmentation_logits
 
         settings = self.model_settings
         images = self._select_bands(batch)
@@ -89,10 +104,9 @@ class SegformerBackend(Backend):
         height, width = pixels.shape[-2:]
         with torch.inference_mode():
             tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(self._device)
-            logits = self._net(pixel_values=tensor).logits
-            logits = F.interpolate(
-                logits.float(), size=(height, width), mode="bilinear", align_corners=False
-            )
+            # Most of these models predict at reduced resolution: upsampled to the chip
+            # before the engine blends overlapping chips.
+            logits = segmentation_logits(self._net, tensor, (height, width))
             return torch.softmax(logits, dim=1).cpu().numpy().astype(np.float32, copy=False)
 
     def _select_bands(self, batch: ChipBatch) -> np.ndarray:
@@ -116,7 +130,17 @@ class SegformerBackend(Backend):
         return export_segformer(model, path, settings)
 
     def training_task(self):
-        """Training runs through geoseg's training core with the SegFormer task."""
-        from geoseg_segformer.train import SegformerTask
+        """Training runs through geoseg's training core with the segmentation task."""
+        from geoseg_segformer.train import SegmentationTask
 
-        return SegformerTask(self.options)
+        return SegmentationTask(self.options)
+
+
+class SegformerBackend(HFSegmentationBackend):
+    """The ``hf`` backend under its earlier name: nothing but the name differs."""
+
+    name = "segformer"
+    description = (
+        "SegFormer land-cover classes (the hf backend under its earlier name: any "
+        "Hugging Face segmentation checkpoint); LoRA or full fine-tuning, any bands"
+    )

@@ -1,4 +1,7 @@
-"""SegFormer models: loading checkpoints, LoRA adapters, input bands, saving and reloading.
+"""Hugging Face segmentation models: checkpoints, LoRA adapters, input bands, reloading.
+
+Any ``AutoModelForSemanticSegmentation`` checkpoint (SegFormer, UperNet with a ConvNeXt
+or Swin backbone, BEiT, Data2VecVision, DPT, MobileNetV2/MobileViT(V2)-DeepLabV3, ...).
 
 A trained model folder holds either a LoRA adapter (``adapter_config.json`` +
 ``adapter_model.safetensors``, written by peft, with the decode head and any widened
@@ -30,10 +33,23 @@ log = logging.getLogger(__name__)
 SETTINGS_FILE = "geoseg_segformer.json"
 SETTINGS_VERSION = 1
 RGB = ("red", "green", "blue")
-#: Attention projections LoRA adapts by default, by naming convention: transformers 5.x
-#: SegFormer, transformers 4.x SegFormer / ViT-style encoders, and short q/v names.
-QUERY_VALUE_NAMES = (("q_proj", "v_proj"), ("query", "value"), ("q", "v"))
-#: What the SegFormer image processor does to 8-bit RGB: rescale by 1/255, then ImageNet
+#: Layers LoRA adapts by default, the first group whose names all occur in the backbone:
+#: attention query/value projections as transformers 5.x and 4.x name them, fused
+#: query-key-value projections (MobileViTV2's ``qkv_proj``), then the pointwise layers of
+#: a ConvNeXt backbone (no attention). MobileNetV2's layers are not among them: its
+#: TensorFlow-style padding reads ``stride`` from each convolution, which a peft LoRA
+#: wrapper does not have; train it with ``lora=false``.
+LORA_TARGET_GROUPS = (
+    ("q_proj", "v_proj"),
+    ("query", "value"),
+    ("q", "v"),
+    ("qkv",),
+    ("qkv_proj",),
+    ("pwconv1", "pwconv2"),
+)
+#: Leaf names of the convolution inside a wrapper layer (``qkv_proj.convolution``).
+CONV_LEAVES = ("convolution", "conv")
+#: What most image processors (SegFormer's, ViT's) do to 8-bit RGB: rescale by 1/255, then ImageNet
 #: mean/std. Used for plain checkpoints that were not trained by geoseg.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -88,8 +104,7 @@ class ModelSettings:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WeightsError(
-                f"{source}: not a readable geoseg SegFormer settings file ({exc}); "
-                "re-run geoseg train"
+                f"{source}: not a readable geoseg model settings file ({exc}); re-run geoseg train"
             ) from None
 
     def write(self, folder: Path) -> Path:
@@ -135,17 +150,6 @@ def load_pretrained(checkpoint: str, classes: ClassMap | None = None):
     With ``classes``, the output head gets one channel per class in ClassMap order
     (re-initialised when the checkpoint's head has another size).
     """
-    local = Path(checkpoint).expanduser()
-    looks_local = (
-        local.exists() or checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") > 1
-    )
-    if looks_local:
-        refuse_pickles(local)
-    if looks_local and not (local / "config.json").is_file():
-        raise WeightsError(
-            f"{checkpoint}: not a model folder (no config.json); give a folder written by "
-            "save_pretrained / geoseg train, or a hub id such as nvidia/mit-b0"
-        )
     kwargs: dict[str, Any] = {}
     if classes is not None:
         kwargs = {
@@ -153,19 +157,9 @@ def load_pretrained(checkpoint: str, classes: ClassMap | None = None):
             "label2id": {c.name: i for i, c in enumerate(classes)},
             "ignore_mismatched_sizes": True,
         }
+    looks_local = _looks_local(checkpoint)
     try:
-        if looks_local:
-            return _from_pretrained(str(local), kwargs)
-        snapshot = cached_snapshot(checkpoint)
-        if snapshot is not None:
-            # Loaded from the cache folder itself: transformers 5 still asks the hub for an
-            # adapter_config.json with local_files_only=True, and offline machines would
-            # wait through its connection retries.
-            return _from_pretrained(str(snapshot), kwargs)
-        if hub_unreachable():
-            # Asking anyway costs about 50 s of retries and a screen of HTTP errors.
-            raise OSError("hub unreachable (offline)")
-        return _from_pretrained(checkpoint, kwargs)
+        return _from_pretrained(checkpoint_source(checkpoint), kwargs)
     except OSError as exc:
         reason = _first_line(exc)
         if looks_local:
@@ -180,8 +174,64 @@ def load_pretrained(checkpoint: str, classes: ClassMap | None = None):
     except ValueError as exc:
         raise WeightsError(
             f"{checkpoint}: not a semantic-segmentation checkpoint transformers can load "
-            f"({_first_line(exc)}); use a SegFormer checkpoint such as nvidia/mit-b0"
+            f"({_first_line(exc)}); use an AutoModelForSemanticSegmentation checkpoint such "
+            "as nvidia/mit-b0"
         ) from None
+
+
+def _looks_local(checkpoint: str) -> bool:
+    local = Path(checkpoint).expanduser()
+    return local.exists() or checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") > 1
+
+
+def checkpoint_source(checkpoint: str) -> str:
+    """What to hand to ``from_pretrained`` for a hub id or folder, without waiting on an
+    unreachable hub; pickles refused. OSError "offline" when a hub id is not cached and
+    the hub does not answer."""
+    local = Path(checkpoint).expanduser()
+    if _looks_local(checkpoint):
+        refuse_pickles(local)
+        if not (local / "config.json").is_file():
+            raise WeightsError(
+                f"{checkpoint}: not a model folder (no config.json); give a folder written by "
+                "save_pretrained / geoseg train, or a hub id such as nvidia/mit-b0"
+            )
+        return str(local)
+    snapshot = cached_snapshot(checkpoint)
+    if snapshot is not None:
+        # Loaded from the cache folder itself: transformers 5 still asks the hub for an
+        # adapter_config.json with local_files_only=True, and offline machines would
+        # wait through its connection retries.
+        return str(snapshot)
+    if hub_unreachable():
+        # Asking anyway costs about 50 s of retries and a screen of HTTP errors.
+        raise OSError("hub unreachable (offline)")
+    return checkpoint
+
+
+def image_normalization(checkpoint: str, channels: int) -> tuple[tuple, tuple]:
+    """Mean and std in raw 8-bit units from the checkpoint's ``AutoImageProcessor``
+    (rescale, then its ``image_mean``/``image_std``); ImageNet's when it has none."""
+    mean, std, scale = IMAGENET_MEAN, IMAGENET_STD, 1 / 255
+    processor = None
+    try:
+        from transformers import AutoImageProcessor
+
+        with quiet_transformers():
+            processor = AutoImageProcessor.from_pretrained(checkpoint_source(checkpoint))
+    except (OSError, ValueError, KeyError) as exc:
+        log.debug("%s: no image processor (%s); ImageNet normalisation", checkpoint, exc)
+    if processor is not None:
+        if getattr(processor, "do_normalize", True):
+            mean = tuple(np.atleast_1d(getattr(processor, "image_mean", None) or mean))
+            std = tuple(np.atleast_1d(getattr(processor, "image_std", None) or std))
+        else:
+            mean, std = (0.0,) * 3, (1.0,) * 3
+        rescale = getattr(processor, "rescale_factor", None) or scale
+        scale = float(rescale) if getattr(processor, "do_rescale", True) else 1.0
+    if len(mean) != channels:
+        mean, std = (float(np.mean(mean)),) * channels, (float(np.mean(std)),) * channels
+    return tuple(float(m) / scale for m in mean), tuple(float(s) / scale for s in std)
 
 
 def cached_snapshot(repo_id: str) -> Path | None:
@@ -237,7 +287,7 @@ def refuse_pickles(path: Path) -> None:
         return
     if (folder / "config.json").is_file():
         fix = (
-            f"where you trust the file, convert the folder: python -c \"from transformers "
+            f'where you trust the file, convert the folder: python -c "from transformers '
             f"import AutoModelForSemanticSegmentation as M; M.from_pretrained('{folder}')"
             f".save_pretrained('{folder}-safe')\" and pass --model {folder}-safe"
         )
@@ -268,7 +318,7 @@ def input_conv(model) -> tuple[str, Any]:
     """Name and module of the convolution that first sees the pixels (the patch embedding)."""
     from torch import nn
 
-    channels = getattr(model.config, "num_channels", None)
+    channels = _config_channels(model.config)
     first = None
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d):
@@ -278,6 +328,28 @@ def input_conv(model) -> tuple[str, Any]:
     if first is None:
         raise BackendError(f"{type(model).__name__} has no input convolution to adapt to the bands")
     return first
+
+
+def _config_channels(config) -> int | None:
+    """Input channels the config declares (UperNet and DPT-hybrid: on the backbone's)."""
+    channels = getattr(config, "num_channels", None)
+    backbone = getattr(config, "backbone_config", None)
+    if channels is None and backbone is not None:
+        channels = getattr(backbone, "num_channels", None)
+    return channels
+
+
+def _set_channels(model, conv_name: str, old: int, new: int) -> None:
+    """Record ``new`` input channels wherever the model checks or saves them: configs
+    (saved in config.json, so a reload builds the wider embedding) and the embedding
+    modules above the convolution (ViT-style and ConvNeXt embeddings check pixel_values)."""
+    for config in (model.config, getattr(model.config, "backbone_config", None)):
+        if config is not None and getattr(config, "num_channels", None) == old:
+            config.num_channels = new
+    for name, module in model.named_modules():
+        above = not name or conv_name.startswith(name + ".")
+        if above and getattr(module, "num_channels", None) == old:
+            module.num_channels = new
 
 
 def _set_module(model, name: str, module) -> None:
@@ -330,7 +402,7 @@ def adapt_input_bands(model, band_names: Sequence[str]) -> str | None:
         if conv.bias is not None:
             wider.bias.copy_(conv.bias.detach())
     _set_module(model, name, wider)
-    model.config.num_channels = len(band_names)
+    _set_channels(model, name, conv.in_channels, len(band_names))
     return name
 
 
@@ -345,41 +417,144 @@ def head_modules(model) -> list[str]:
     return names
 
 
-def lora_targets(model) -> list[str]:
-    """Default LoRA targets: the attention query and value projections, by name."""
+def _backbone_layers(model) -> list[str]:
+    """Names of the linear and convolution layers outside the head modules."""
     from torch import nn
 
-    linear = {
-        name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)
-    }
-    for pair in QUERY_VALUE_NAMES:
-        if set(pair) <= linear:
-            return list(pair)
+    heads = tuple(head + "." for head in head_modules(model))
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and not name.startswith(heads)
+    ]
+
+
+def _layer_name(full_name: str) -> str:
+    """A layer's short name as LoRA targets it: ``q_proj``, or ``qkv_proj.convolution``
+    for the convolution inside a wrapper layer."""
+    parts = full_name.split(".")
+    if len(parts) > 1 and parts[-1] in CONV_LEAVES:
+        return ".".join(parts[-2:])
+    return parts[-1]
+
+
+def available_layers(model) -> list[str]:
+    """Short names of the backbone's linear and convolution layers, sorted."""
+    return sorted({_layer_name(name) for name in _backbone_layers(model)})
+
+
+def lora_targets(model) -> list[str]:
+    """Default LoRA targets, by name: the first of ``LORA_TARGET_GROUPS`` the backbone has."""
+    found = set(available_layers(model))
+    for group in LORA_TARGET_GROUPS:
+        chosen = []
+        for short in group:
+            match = [n for n in found if n == short or n.split(".")[0] == short]
+            if not match:
+                break
+            chosen.extend(sorted(match))
+        else:
+            return chosen
     raise OptionError(
         f"cannot find attention query/value projections in {type(model).__name__}; name the "
-        f"layers to adapt with --option target_modules=NAME,NAME (linear layers: "
-        f"{', '.join(sorted(linear)[:12])})"
+        f"layers to adapt with --option lora_targets=NAME,NAME (available: "
+        f"{', '.join(sorted(found))}), or train every weight with --option lora=false"
     )
 
 
+def lora_modules(model, targets: Sequence[str]) -> list[str]:
+    """Full names of the backbone layers ``targets`` name (a name matches a layer whose
+    dotted name ends with it); OptionError listing the available names for a name that
+    matches none (a typo would otherwise leave that layer silently untouched)."""
+    layers = _backbone_layers(model)
+
+    def matches(name: str, target: str) -> bool:
+        return name == target or name.endswith("." + target)
+
+    unmatched = [t for t in targets if not any(matches(name, t) for name in layers)]
+    if unmatched:
+        raise OptionError(
+            f"lora_targets {','.join(unmatched)} names no layer of {type(model).__name__}'s "
+            f"backbone; available: {', '.join(available_layers(model))}"
+        )
+    return [name for name in layers if any(matches(name, t) for t in targets)]
+
+
 def apply_lora(model, options, trained_modules: Sequence[str]):
-    """Wrap ``model`` in a peft LoRA model; ``trained_modules`` are trained in full."""
+    """Wrap ``model`` in a peft LoRA model; ``trained_modules`` are trained in full.
+
+    Adapters go on backbone layers only, by full name, so a head layer of the same short
+    name (trained in full anyway) is never wrapped twice.
+    """
     from peft import LoraConfig, get_peft_model
 
-    targets = list(options.target_modules) or lora_targets(model)
+    targets = list(options.lora_targets) or lora_targets(model)
     config = LoraConfig(
         r=options.r,
         lora_alpha=options.alpha,
         lora_dropout=options.dropout,
         bias=options.bias,
-        target_modules=targets,
-        modules_to_save=list(trained_modules),
+        target_modules=lora_modules(model, targets),
+        modules_to_save=unambiguous_modules(model, trained_modules),
     )
     try:
         with quiet_transformers():
             return get_peft_model(model, config)
     except ValueError as exc:
-        raise OptionError(f"target_modules {','.join(targets)}: {_first_line(exc)}") from None
+        raise OptionError(f"lora_targets {','.join(targets)}: {_first_line(exc)}") from None
+
+
+def unambiguous_modules(model, names: Sequence[str]) -> list[str]:
+    """``names`` as peft's ``modules_to_save`` can take them: peft wraps every module whose
+    name merely ends with one (DPT's ``head`` holds a ``head.head``, which would be wrapped
+    a second time), so such a module is given as its children instead."""
+    keys = [key for key, _ in model.named_modules()]
+    chosen: list[str] = []
+    pending = list(names)
+    while pending:
+        name = pending.pop(0)
+        if not any(key != name and key.endswith(name) for key in keys):
+            chosen.append(name)
+            continue
+        module = model.get_submodule(name)
+        if any(True for _ in module.parameters(recurse=False)):
+            raise BackendError(
+                f"cannot train {type(model).__name__}'s {name} in full next to LoRA adapters "
+                "(peft matches it by suffix); train every weight with --option lora=false"
+            )
+        pending.extend(
+            f"{name}.{child}"
+            for child, sub in module.named_children()
+            if any(True for _ in sub.parameters())
+        )
+    return chosen
+
+
+def segmentation_logits(model, pixel_values, size):
+    """Class logits ``(N, C, H, W)`` float32 at ``size`` (the chip's), whatever resolution
+    the model predicts at (1/4 for SegFormer, 1/32 for MobileNetV2-DeepLabV3, 2x for DPT)."""
+    import torch.nn.functional as F
+
+    kwargs = {"interpolate_pos_encoding": True} if _interpolates(model) else {}
+    logits = model(pixel_values=pixel_values, **kwargs).logits
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits.float()
+    return F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def _interpolates(model) -> bool:
+    """Whether the model takes ``interpolate_pos_encoding`` (ViT-style position embeddings
+    on chips of another size than the checkpoint's images: BEiT, Data2VecVision)."""
+    import inspect
+
+    inner = getattr(model, "module", model)  # DistributedDataParallel
+    if hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    cached = getattr(inner, "_geoseg_interpolates", None)
+    if cached is None:
+        cached = "interpolate_pos_encoding" in inspect.signature(inner.forward).parameters
+        inner._geoseg_interpolates = cached
+    return cached
 
 
 def parameter_counts(model) -> tuple[int, int]:
@@ -395,25 +570,12 @@ def parameter_counts(model) -> tuple[int, int]:
     return trainable, total
 
 
-def normalization_for_plain(folder: Path | None, channels: int) -> tuple[tuple, tuple]:
-    """Mean and std in raw 8-bit units for a checkpoint not trained by geoseg."""
-    mean, std, scale = IMAGENET_MEAN, IMAGENET_STD, 1 / 255
-    processor = folder / "preprocessor_config.json" if folder is not None else None
-    if processor is not None and processor.is_file():
-        data = json.loads(processor.read_text())
-        mean = tuple(data.get("image_mean") or mean)
-        std = tuple(data.get("image_std") or std)
-        scale = float(data.get("rescale_factor") or scale) if data.get("do_rescale", True) else 1.0
-    if len(mean) != channels:
-        mean, std = (float(np.mean(mean)),) * channels, (float(np.mean(std)),) * channels
-    return tuple(m / scale for m in mean), tuple(s / scale for s in std)
-
-
 def load_for_prediction(model: str, device: str = "cpu", *, merge: bool = True):
     """The model in eval mode on ``device`` and its settings.
 
-    ``model``: a folder written by ``geoseg train`` (adapter or full), or any SegFormer
-    checkpoint (hub id or folder) with a trained semantic-segmentation head.
+    ``model``: a folder written by ``geoseg train`` (adapter or full), or any
+    semantic-segmentation checkpoint (hub id or folder) with a trained head, read with
+    its image processor's normalisation.
     """
     folder = Path(model).expanduser()
     refuse_pickles(folder)
@@ -426,9 +588,9 @@ def load_for_prediction(model: str, device: str = "cpu", *, merge: bool = True):
     else:
         net = load_pretrained(model)
         labels = getattr(net.config, "id2label", None) or {}
-        channels = int(getattr(net.config, "num_channels", 3))
+        channels = int(_config_channels(net.config) or 3)
         names = [str(labels.get(i, f"class_{i}")) for i in range(len(labels))]
-        mean, std = normalization_for_plain(folder if folder.is_dir() else None, channels)
+        mean, std = image_normalization(model, channels)
         settings = ModelSettings(
             base_model=model,
             band_names=RGB if channels == 3 else tuple(f"band{i}" for i in range(1, channels + 1)),

@@ -1,4 +1,4 @@
-"""Options of the SegFormer backend (``--option key=value`` or a ``--config`` file)."""
+"""Options of the Hugging Face segmentation backends (``--option key=value`` or ``--config``)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ DEFAULT_CHECKPOINT = "nvidia/mit-b0"
 
 
 @dataclass(frozen=True)
-class SegformerOptions(TrainingOptions):
+class SegmentationOptions(TrainingOptions):
     """Fine-tuning and prediction settings (plus the training core's, e.g. ``warmup``).
 
-    ``lora``: train LoRA adapters on the attention projections (True) or every weight
-    (False). ``r``, ``alpha``, ``dropout``, ``bias``, ``target_modules``: the LoRA
-    configuration; empty ``target_modules`` means the attention query and value
-    projections, found by name in the loaded model.
+    ``lora``: train LoRA adapters (True) or every weight (False). ``r``, ``alpha``,
+    ``dropout``, ``bias``, ``lora_targets``: the LoRA configuration; empty
+    ``lora_targets`` means the attention query and value projections (or the pointwise
+    layers of a convolutional backbone), found by name in the loaded model.
     """
 
     lora: bool = True
@@ -27,7 +27,7 @@ class SegformerOptions(TrainingOptions):
     alpha: float = 16.0
     dropout: float = 0.05
     bias: Literal["none", "all", "lora_only"] = "none"
-    target_modules: tuple[str, ...] = ()
+    lora_targets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -39,10 +39,14 @@ class SegformerOptions(TrainingOptions):
             raise OptionError(f"option dropout must be in [0, 1), got {self.dropout}")
         if self.bias not in ("none", "all", "lora_only"):
             raise OptionError(f"option bias must be none, all or lora_only, got {self.bias!r}")
-        if isinstance(self.target_modules, str):
-            parts = [p.strip() for p in self.target_modules.split(",") if p.strip()]
-            object.__setattr__(self, "target_modules", tuple(parts))
-        if any(not name for name in self.target_modules):
+        if isinstance(self.lora_targets, str):
+            parts = [p.strip() for p in self.lora_targets.split(",") if p.strip()]
+            object.__setattr__(self, "lora_targets", tuple(parts))
+        if any(not name for name in self.lora_targets):
             raise OptionError(
-                "option target_modules must be comma-separated module names, e.g. q_proj,v_proj"
+                "option lora_targets must be comma-separated module names, e.g. q_proj,v_proj"
             )
+
+
+#: The options' earlier name (the ``segformer`` backend is the ``hf`` backend).
+SegformerOptions = SegmentationOptions

@@ -1,4 +1,5 @@
-"""Entry point of the ``geoseg-segformer`` distribution: registers the SegFormer backend."""
+"""Entry point of the ``geoseg-segformer`` distribution: registers the ``hf`` backend and
+``segformer``, its earlier name."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from geoseg.hookspecs import hookimpl
 
 @hookimpl
 def register_backends(register) -> None:
-    from geoseg_segformer.backend import SegformerBackend
+    from geoseg_segformer.backend import HFSegmentationBackend, SegformerBackend
 
+    register(HFSegmentationBackend)
     register(SegformerBackend)

@@ -1,4 +1,4 @@
-"""SegFormer through the training core: model build, loss, forward step, saving weights.
+"""Hugging Face segmentation models through the training core: build, loss, saving weights.
 
 Everything else (Accelerate, chips, augmentation, splits, schedule, metrics, resume,
 history, manifest) is ``geoseg.training``'s. The saved model is the best epoch's LoRA
@@ -7,10 +7,11 @@ adapter or full model plus ``geoseg_segformer.json`` (see ``model.py``).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 
 from geoseg.classes import IGNORE_INDEX
@@ -23,18 +24,20 @@ from geoseg_segformer.model import (
     head_modules,
     load_pretrained,
     parameter_counts,
+    segmentation_logits,
 )
-from geoseg_segformer.options import DEFAULT_CHECKPOINT, SegformerOptions
+from geoseg_segformer.options import DEFAULT_CHECKPOINT, SegmentationOptions
 
 #: Learning rates that suit each mode: adapters and a fresh head tolerate a large step,
 #: full fine-tuning of a pretrained encoder needs a small one (SegFormer paper: 6e-5).
 DEFAULT_LR = {True: 5e-4, False: 6e-5}
 
 
-class SegformerTask(TrainingTask):
-    """Fine-tune SegFormer (LoRA adapters or every weight) on any number of bands."""
+class SegmentationTask(TrainingTask):
+    """Fine-tune a semantic-segmentation checkpoint (LoRA adapters or every weight) on
+    any number of bands."""
 
-    def __init__(self, options: SegformerOptions) -> None:
+    def __init__(self, options: SegmentationOptions) -> None:
         self.options = options
         self.default_lr = DEFAULT_LR[options.lora]
         self.base_model = DEFAULT_CHECKPOINT
@@ -59,22 +62,25 @@ class SegformerTask(TrainingTask):
             trained = head_modules(model) + ([self.input_conv] if self.input_conv else [])
             model = apply_lora(model, self.options, trained)
         self.counts = trainable, total = parameter_counts(model)
+        architecture = type(model.get_base_model() if self.options.lora else model).__name__
         run.report(
-            f"{'LoRA' if self.options.lora else 'full fine-tuning'} on {self.base_model}: "
-            f"trainable parameters {trainable:,} of {total:,} ({100.0 * trainable / total:.2f}%)"
+            f"{'LoRA' if self.options.lora else 'full fine-tuning'} on {self.base_model} "
+            f"({architecture}): trainable parameters {trainable:,} of {total:,} "
+            f"({100.0 * trainable / total:.2f}%)"
         )
         return model
 
     def training_step(self, model, batch, run: TrainingRun):
         labels = batch["label"]
-        logits = _logits(model, batch["image"], labels.shape[-2:])
+        with _running_batch_statistics(model, single=len(labels) == 1):
+            logits = segmentation_logits(model, batch["image"], labels.shape[-2:])
         if (labels != IGNORE_INDEX).any():
             return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
         return logits.sum() * 0.0
 
     def validation_step(self, model, batch, run: TrainingRun):
         labels = batch["label"]
-        logits = _logits(model, batch["image"], labels.shape[-2:])
+        logits = segmentation_logits(model, batch["image"], labels.shape[-2:])
         loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="none")
         return logits.argmax(dim=1), loss
 
@@ -111,7 +117,35 @@ class SegformerTask(TrainingTask):
             "base_model": self.base_model,
             "lora": self.options.lora,
             "input_conv": self.input_conv,
+            "trainable_parameters": self.counts[0],
+            "total_parameters": self.counts[1],
         }
+
+
+@contextlib.contextmanager
+def _running_batch_statistics(model, *, single: bool) -> Iterator[None]:
+    """For a batch of one chip, batch-norm layers use their running statistics: the pooled
+    (1x1) branches of UperNet, BEiT and DeepLabV3 heads cannot normalise over one value,
+    and a chip set's last batch often holds a single chip."""
+    from torch import nn
+
+    norms = [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+    ]
+    if not single or not norms:
+        yield
+        return
+    for norm in norms:
+        norm.eval()
+    try:
+        yield
+    finally:
+        for norm in norms:
+            norm.train()
+
+
+#: The task's earlier name.
+SegformerTask = SegmentationTask
 
 
 def _base_model_id(model: str | None) -> str:
@@ -121,9 +155,3 @@ def _base_model_id(model: str | None) -> str:
         return DEFAULT_CHECKPOINT
     path = Path(model).expanduser()
     return str(path.resolve()) if path.is_dir() else model
-
-
-def _logits(model, images: torch.Tensor, size) -> torch.Tensor:
-    logits = model(pixel_values=images).logits
-    # SegFormer predicts at 1/4 resolution; the loss and scores are taken at label size.
-    return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)

@@ -68,14 +68,26 @@ def test_lora_targets_are_found_by_name_and_only_they_train(segformer):
     assert not any("k_proj.lora" in n or "key.lora" in n for n in trainable)
 
 
-def test_unknown_target_modules_name_the_option(segformer):
-    with pytest.raises(OptionError, match="target_modules"):
-        apply_lora(segformer, SegformerOptions(target_modules=("nonexistent",)), ["decode_head"])
+def test_unknown_lora_targets_name_the_option_and_the_available_layers(segformer):
+    with pytest.raises(OptionError, match="lora_targets nonexistent names no layer.*q_proj"):
+        apply_lora(segformer, SegformerOptions(lora_targets=("nonexistent",)), ["decode_head"])
+
+
+def test_plain_checkpoints_are_read_with_their_image_processor(segformer, tmp_path):
+    from geoseg_segformer.model import image_normalization
+    from transformers import AutoImageProcessor, SegformerImageProcessor
+
+    segformer.save_pretrained(tmp_path)
+    assert image_normalization(str(tmp_path), 3)[0] == pytest.approx((123.675, 116.28, 103.53))
+    SegformerImageProcessor(image_mean=[0.5] * 3, image_std=[0.25] * 3).save_pretrained(tmp_path)
+    assert tuple(AutoImageProcessor.from_pretrained(tmp_path).image_mean) == (0.5,) * 3
+    mean, std = image_normalization(str(tmp_path), 3)
+    assert mean == pytest.approx((127.5,) * 3) and std == pytest.approx((63.75,) * 3)
 
 
 def test_options_from_key_value_pairs_are_validated_by_field():
-    options = build_options(SegformerOptions, ["r=8", "alpha=32", "target_modules=q_proj,k_proj"])
-    assert (options.r, options.alpha, options.target_modules) == (8, 32.0, ("q_proj", "k_proj"))
+    options = build_options(SegformerOptions, ["r=8", "alpha=32", "lora_targets=q_proj,k_proj"])
+    assert (options.r, options.alpha, options.lora_targets) == (8, 32.0, ("q_proj", "k_proj"))
     assert build_options(SegformerOptions, ["lora=false"]).lora is False
     with pytest.raises(OptionError, match="r must be a positive integer"):
         build_options(SegformerOptions, ["r=0"])
