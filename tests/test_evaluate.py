@@ -149,3 +149,40 @@ def test_labels_with_no_scored_pixel_are_an_error(tmp_path, prediction):
     labels = write(tmp_path / "all_nodata.tif", np.full((40, 40), 255, np.uint8))
     with pytest.raises(LabelsError, match="no pixel has both a label and a prediction"):
         evaluate_mask(prediction, labels)
+
+
+def test_signed_labels_with_negative_no_data_are_read_as_tile_reads_them(tmp_path, prediction):
+    # Sen1Floods11's convention: int16 labels, -1 where nothing was labelled, no nodata set.
+    labels = np.zeros((40, 40), np.int16)
+    labels[:, :20] = 1
+    labels[:10] = -1
+    path = write(tmp_path / "signed.tif", labels, nodata=None)
+    result = evaluate_mask(prediction, path)
+    assert result.pixels == 30 * 40
+    np.testing.assert_array_equal(result.confusion, [[450, 150], [0, 600]])
+    too_big = write(tmp_path / "big.tif", np.full((40, 40), 300, np.int16), nodata=None)
+    with pytest.raises(LabelsError, match="class id 300 is outside 0..254"):
+        evaluate_mask(prediction, too_big)
+
+
+def test_vector_labels_follow_the_one_label_reader(tmp_path, prediction):
+    lake = shapely.box(500000.0, 5199600.0, 500200.0, 5199900.0)
+    cloud = shapely.box(500000.0, 5199800.0, 500400.0, 5200000.0)
+    # 255 in an id field leaves pixels out, as 255 in a label raster does; later
+    # features paint over earlier ones.
+    frame = gpd.GeoDataFrame({"class_id": [1, 255]}, geometry=[lake, cloud], crs="EPSG:32614")
+    frame.to_file(tmp_path / "ids.gpkg")
+    result = evaluate_mask(prediction, tmp_path / "ids.gpkg")
+    assert result.pixels == 40 * 40 - 20 * 40
+    # Names need the prediction's classes: evaluation never guesses ids.
+    names = gpd.GeoDataFrame({"class_name": ["water"]}, geometry=[lake], crs="EPSG:32614")
+    names.to_file(tmp_path / "names.gpkg")
+    bare = write(tmp_path / "bare.tif", np.ones((40, 40), np.uint8))
+    with pytest.raises(LabelsError, match="holds class names but no classes are known"):
+        evaluate_mask(bare, tmp_path / "names.gpkg")
+    from geoseg.errors import MissingCRSError
+
+    with pytest.warns(UserWarning, match="'crs' was not provided"):
+        names.set_crs(None, allow_override=True).to_file(tmp_path / "nocrs.gpkg")
+    with pytest.raises(MissingCRSError, match="no CRS"):
+        evaluate_mask(prediction, tmp_path / "nocrs.gpkg")
