@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from geoseg.config import option
 from geoseg.errors import OptionError
 from geoseg.training import TrainingOptions
 
@@ -36,23 +37,29 @@ class SamOptions(TrainingOptions):
     default: a flipped chip is a new embedding, so it would defeat the embedding cache.
     """
 
-    warmup: float = 0.1
-    augment: bool = False
+    warmup: float = option(0.1, applies="train")
+    augment: bool = option(False, applies="train")
 
     bands: tuple[str, ...] = ("red", "green", "blue")
-    prompt: Literal["points", "boxes"] = "points"
-    positive: int = 3
-    negative: int = 0
-    erode: bool | int = True
-    perturb: int = 10
+    prompt: Literal["points", "boxes"] = option(
+        "points", applies="train", help="Kind of training prompt drawn from the labels."
+    )
+    positive: int = option(3, applies="train")
+    negative: int = option(
+        0, applies="train", help="Negative points per chip, attached to each positive prompt."
+    )
+    erode: bool | int = option(True, applies="train")
+    perturb: int = option(10, applies="train")
     multimask: Literal["mean", "best", "single"] = "mean"
-    loss: Literal["dice", "dicece", "focal"] = "dicece"
-    cache: str | None = None
-    max_prompts: int = 8
+    loss: Literal["dice", "dicece", "focal"] = option(
+        "dicece", applies="train", help="Training loss: dice, dice plus cross-entropy, or focal."
+    )
+    cache: str | None = option(None, applies="train")
+    max_prompts: int = option(8, applies="train")
     percentiles: tuple[float, float] = (2.0, 98.0)
-    target: str | None = None
-    index: str | None = None
-    threshold: str | None = None
+    target: str | None = option(None, applies="train")
+    index: str | None = option(None, applies="predict")
+    threshold: str | None = option(None, applies="predict")
 
     def __post_init__(self) -> None:
         super().__post_init__()
