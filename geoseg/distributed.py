@@ -127,18 +127,20 @@ def absolute_path(path: str | Path | None, *, local_only: bool = False) -> str |
     (a hub id such as ``nvidia/mit-b0``, or ``auto``) is returned unchanged. The type
     (str or Path) is kept.
     """
-    from geoseg.sources import is_remote
+    from geoseg.sources import absolute_source, is_remote
 
     if path is None or (local_only and not Path(path).exists()) or is_remote(path):
         return path  # a URL reads the same from every worker
-    absolute = os.path.abspath(os.path.expanduser(path))
+    absolute = absolute_source(path)  # a band stack's files each made absolute
     return Path(absolute) if isinstance(path, Path) else absolute
 
 
 def _access_problems(inputs: list[str], folders: list[str]) -> list[str]:
     """On a worker: which inputs it cannot read and which output folders it cannot write."""
+    from geoseg.sources import local_files
+
     problems = []
-    for path in inputs:
+    for path in (file for source in inputs for file in local_files(source)):
         if not os.path.exists(path):
             problems.append(f"do not see {path}")
         elif not os.access(path, os.R_OK):

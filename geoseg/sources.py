@@ -252,6 +252,29 @@ def expand_source(source: str | os.PathLike) -> list[Path]:
     return [source_path(text)]
 
 
+def absolute_source(source: str | os.PathLike) -> str:
+    """``source`` with its local paths made absolute (for workers in other folders); URLs,
+    ``/vsi`` paths and an ItemCollection's ``#item`` stay as they are."""
+    text = source_text(source)
+    if is_remote(text):
+        return text
+    if source_kind(text) == "stack" and is_band_spec(text):
+        parts = (p.partition("=") for p in text.split(","))
+        return ",".join(f"{n}={absolute_source(v.strip())}" for n, _, v in parts)
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def local_files(source: str | os.PathLike) -> list[str]:
+    """The local paths a source reads first (a band stack's files; none for a URL)."""
+    text = source_text(source)
+    if is_remote(text):
+        return []
+    if source_kind(text) == "stack" and is_band_spec(text):
+        parts = (p.partition("=") for p in text.split(","))
+        return [f for _, _, v in parts for f in local_files(v.strip())]
+    return [_split_fragment(text)[0]]
+
+
 def is_special(source: str | os.PathLike) -> bool:
     """True for sources that are not a local file or folder of rasters."""
     return is_remote(source) or source_kind(source) != "raster"

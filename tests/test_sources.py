@@ -294,6 +294,21 @@ def test_urls_map_to_gdal_virtual_file_systems():
     assert sources.source_path(Path("https://host/a/scene.tif")).stem == "scene"
 
 
+def test_cluster_workers_get_absolute_stacks_and_untouched_urls(remote, monkeypatch):
+    from geoseg.distributed import _access_problems, absolute_path
+
+    monkeypatch.chdir(remote.root)
+    stack = "green=T33UUP_20230801_B03_10m.tif,nir=T33UUP_20230801_B08_10m.tif"
+    absolute = absolute_path(stack)
+    assert absolute == ",".join(
+        f"{name}={remote.root / file}" for name, file in (p.split("=") for p in stack.split(","))
+    )
+    url = f"{remote.url}/large.tif"
+    assert sources.source_text(absolute_path(Path(url))) == url  # not /cwd/http:/...
+    assert _access_problems([absolute, url], []) == []
+    assert _access_problems(["green=/nowhere/B03.tif"], []) == ["do not see /nowhere/B03.tif"]
+
+
 # Remote COGs ----------------------------------------------------------------------------
 
 
@@ -644,6 +659,8 @@ def test_a_stac_item_without_the_needed_bands_is_one_line(remote, tmp_path, invo
         expect=2,
     )
     one_line_error(result, "S2A_visual", "no single-band raster asset")
+    result = invoke("index", remote.root / "items.json", "-o", tmp_path / "x.tif", expect=2)
+    one_line_error(result, "ItemCollection of 2 items", "items.json#S2A_first")
 
 
 if __name__ == "__main__":  # the loopback server's process: python test_sources.py ROOT
