@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from geoseg.config import option
 from geoseg.errors import OptionError
 from geoseg.training import TrainingOptions
 
@@ -22,12 +23,14 @@ class SegmentationOptions(TrainingOptions):
     layers of a convolutional backbone), found by name in the loaded model.
     """
 
-    lora: bool = True
-    r: int = 16
-    alpha: float = 16.0
-    dropout: float = 0.05
-    bias: Literal["none", "all", "lora_only"] = "none"
-    lora_targets: tuple[str, ...] = ()
+    lora: bool = option(True, applies="train")
+    r: int = option(16, applies="train", help="LoRA rank.")
+    alpha: float = option(16.0, applies="train", help="LoRA scaling (alpha / r).")
+    dropout: float = option(0.05, applies="train", help="Dropout on the LoRA layers.")
+    bias: Literal["none", "all", "lora_only"] = option(
+        "none", applies="train", help="Biases LoRA trains: none, all or those of the LoRA layers."
+    )
+    lora_targets: tuple[str, ...] = option((), applies="train")
 
     def __post_init__(self) -> None:
         super().__post_init__()
