@@ -24,8 +24,8 @@ from geoseg.cli.predict import ChipProgress
     "--label-field",
     default=None,
     metavar="NAME",
-    help="Vector labels: field of class ids or names (default: class_id, class, "
-    "label, class_name, name).",
+    help="Vector labels: field of class ids or names (default: the first of class_id, "
+    "class, label, class_name, classname).",
 )
 @click.option(
     "--unlabeled",

@@ -47,7 +47,8 @@ from geoseg.cli.options import (
     "--label-field",
     default=None,
     metavar="NAME",
-    help="Vector field holding class ids or names (default: class, class_id, label).",
+    help="Vector field holding class ids or names (default: the first of class_id, class, "
+    "label, class_name, classname).",
 )
 @click.option(
     "--classes",
