@@ -17,6 +17,7 @@ import numpy as np
 
 from geoseg.backend import Backend, Capabilities, ChipBatch
 from geoseg.classes import ClassMap
+from geoseg.config import option
 from geoseg.errors import BackendError, BandError, WeightsError
 
 log = logging.getLogger(__name__)
@@ -27,20 +28,23 @@ CUDA = "CUDAExecutionProvider"
 
 @dataclass(frozen=True)
 class OnnxOptions:
-    """``threads``: CPU threads ONNX Runtime uses within an operator (0: its default,
-    one per core).
+    """Options of the ONNX Runtime session (prediction only)."""
 
-    ``providers``: execution providers in order of preference, comma-separated (e.g.
-    ``CUDAExecutionProvider,CPUExecutionProvider``); empty: chosen from ``--device``
-    (cpu: CPU; cuda: CUDA then CPU; auto: CUDA when onnxruntime-gpu has it, else CPU).
-
-    ``memory_arena``: ONNX Runtime's CPU memory arena; off by default, which measured
-    faster and smaller on SegFormer-b0 chips (benchmarks/onnx_vs_torch.py).
-    """
-
-    threads: int = 0
-    providers: tuple[str, ...] = ()
-    memory_arena: bool = False
+    threads: int = option(
+        0, applies="predict",
+        help="CPU threads ONNX Runtime uses within an operator (0: its default, one per core).",
+    )  # fmt: skip
+    providers: tuple[str, ...] = option(
+        (), applies="predict",
+        help="Execution providers in order of preference, comma-separated (e.g. "
+        "CUDAExecutionProvider,CPUExecutionProvider); empty: from --device (cpu: CPU; "
+        "cuda: CUDA then CPU; auto: CUDA when onnxruntime-gpu has it, else CPU).",
+    )  # fmt: skip
+    memory_arena: bool = option(
+        False, applies="predict",
+        help="ONNX Runtime's CPU memory arena; off by default, which measured faster and "
+        "smaller on SegFormer-b0 chips (benchmarks/onnx_vs_torch.py).",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.threads < 0:
