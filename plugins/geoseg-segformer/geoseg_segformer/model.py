@@ -159,7 +159,7 @@ def load_pretrained(checkpoint: str, classes: ClassMap | None = None):
         }
     looks_local = _looks_local(checkpoint)
     try:
-        return _from_pretrained(checkpoint_source(checkpoint), kwargs)
+        return drop_auxiliary_head(_from_pretrained(checkpoint_source(checkpoint), kwargs))
     except OSError as exc:
         reason = _first_line(exc)
         if looks_local:
@@ -177,6 +177,20 @@ def load_pretrained(checkpoint: str, classes: ClassMap | None = None):
             f"({_first_line(exc)}); use an AutoModelForSemanticSegmentation checkpoint such "
             "as nvidia/mit-b0"
         ) from None
+
+
+def drop_auxiliary_head(model):
+    """``model`` without its auxiliary head (UperNet, BEiT, Data2VecVision, DPT).
+
+    The auxiliary head only feeds the checkpoint's own loss; geoseg's loss and predictions
+    use the main logits, so it would cost compute and never learn. Its config says so,
+    so a saved model reloads without it.
+    """
+    if getattr(model, "auxiliary_head", None) is not None:
+        model.auxiliary_head = None
+        if getattr(model.config, "use_auxiliary_head", False):
+            model.config.use_auxiliary_head = False
+    return model
 
 
 def _looks_local(checkpoint: str) -> bool:

@@ -15,6 +15,7 @@ import pytest
 import rasterio
 import torch
 from rasterio.windows import Window
+from safetensors.torch import load_file
 
 NAIP = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "naip_rgbn_2020.tif"
 CLASSES = [
@@ -66,15 +67,16 @@ def _tiny_configs():
         "mobilevitv2-deeplabv3": MobileViTV2Config(
             width_multiplier=0.25, aspp_out_channels=16, image_size=CHIP
         ),
+        # With the auxiliary heads of the hub's ADE20K checkpoints (dropped when loaded).
         "beit": BeitConfig(
-            **vit, out_indices=[0, 1, 2, 3], pool_scales=[1, 2], use_auxiliary_head=False
+            **vit, out_indices=[0, 1, 2, 3], pool_scales=[1, 2], auxiliary_channels=8
         ),
         "dpt": DPTConfig(
             **vit,
             backbone_out_indices=[0, 1, 2, 3],
             neck_hidden_sizes=[8, 8, 16, 16],
             fusion_hidden_size=16,
-            use_auxiliary_head=False,
+            use_auxiliary_head=True,
             reassemble_factors=[4, 2, 1, 0.5],
         ),  # fmt: skip
     }
@@ -179,6 +181,11 @@ def test_architecture_trains_with_lora_and_in_full_then_predicts_and_evaluates(
             }
             assert short == EXPECTED_TARGETS[architecture]
             assert not (model / "model.safetensors").exists()
+            saved = load_file(model / "adapter_model.safetensors")
+        else:
+            saved = load_file(model / "model.safetensors")
+            assert not json.loads((model / "config.json").read_text()).get("use_auxiliary_head")
+        assert not any("auxiliary_head" in key for key in saved)
     assert 0 < fractions["lora"] < fractions["full"] == 1.0
 
 
