@@ -9,7 +9,7 @@ model loaded before timing; peak memory is that process's resident high-water ma
 ``geoseg predict`` runs on the whole sample with each backend and the masks are
 compared pixel by pixel.
 
-    python benchmarks/onnx_vs_torch.py              # 16 chips, batches of 4
+    python benchmarks/onnx_vs_torch.py              # 16 chips, batches of 4, best of 2 runs
     python benchmarks/onnx_vs_torch.py --chips 8 --threads 2
 """
 
@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--chips", type=int, default=16, help="chips timed per backend")
     parser.add_argument("--batch", type=int, default=4, help="chips per predict call")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: default)")
+    parser.add_argument("--repeat", type=int, default=2, help="alternating runs per backend")
     args = parser.parse_args()
     from geoseg.cli import cli
 
@@ -102,14 +103,19 @@ def main() -> None:
         print(f"model: SegFormer-b0 shape, random weights; ONNX file "
               f"{onnx_file.stat().st_size / 1e6:.1f} MB; {args.chips} chips of {SIZE} px, "
               f"batches of {args.batch}, threads {args.threads or 'default'}")  # fmt: skip
-        results = {}
-        for backend, model in (("segformer", checkpoint), ("onnx", onnx_file)):
-            result = chips_per_second(backend, model, args.chips, args.batch, args.threads)
-            result["chips_per_s"] = args.chips // args.batch * args.batch / result["seconds"]
-            results[backend] = result
-            print(f"{backend:>9}: {result['chips_per_s']:6.2f} chips/s "
-                  f"({1000 / result['chips_per_s']:6.0f} ms/chip), peak RSS "
-                  f"{result['peak_mb']:7.1f} MB", flush=True)  # fmt: skip
+        results: dict[str, dict] = {}
+        # Alternating runs, the fastest of each kept: a shared machine's load changes
+        # between runs more than the backends differ.
+        for _ in range(args.repeat):
+            for backend, model in (("segformer", checkpoint), ("onnx", onnx_file)):
+                result = chips_per_second(backend, model, args.chips, args.batch, args.threads)
+                result["chips_per_s"] = args.chips // args.batch * args.batch / result["seconds"]
+                print(f"{backend:>9}: {result['chips_per_s']:6.2f} chips/s "
+                      f"({1000 / result['chips_per_s']:6.0f} ms/chip), peak RSS "
+                      f"{result['peak_mb']:7.1f} MB", flush=True)  # fmt: skip
+                best = results.get(backend)
+                if best is None or result["chips_per_s"] > best["chips_per_s"]:
+                    results[backend] = result
         torch_mask = predict_mask("segformer", checkpoint, tmp / "torch.tif")
         onnx_mask = predict_mask("onnx", onnx_file, tmp / "onnx.tif")
         agreement = float(np.mean(torch_mask == onnx_mask))
