@@ -235,8 +235,12 @@ def resolve_device(name: str = "auto") -> str:
         mps = getattr(torch.backends, "mps", None)
         return "mps" if mps is not None and mps.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BackendError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise BackendError(
+            "--device cuda was asked for but no CUDA GPU is available; use --device cpu"
+        )
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
         raise BackendError("--device mps was asked for but MPS is not available; use --device cpu")
     if name not in {"cpu", "mps"} and not name.startswith("cuda"):
         raise BackendError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
