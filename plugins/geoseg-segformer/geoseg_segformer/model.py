@@ -480,6 +480,8 @@ def lora_modules(model, targets: Sequence[str]) -> list[str]:
     """Full names of the backbone layers ``targets`` name (a name matches a layer whose
     dotted name ends with it); OptionError listing the available names for a name that
     matches none (a typo would otherwise leave that layer silently untouched)."""
+    from torch import nn
+
     layers = _backbone_layers(model)
 
     def matches(name: str, target: str) -> bool:
@@ -491,7 +493,16 @@ def lora_modules(model, targets: Sequence[str]) -> list[str]:
             f"lora_targets {','.join(unmatched)} names no layer of {type(model).__name__}'s "
             f"backbone; available: {', '.join(available_layers(model))}"
         )
-    return [name for name in layers if any(matches(name, t) for t in targets)]
+    chosen = [name for name in layers if any(matches(name, t) for t in targets)]
+    if getattr(model.config, "tf_padding", False) and any(
+        isinstance(model.get_submodule(name), nn.Conv2d) for name in chosen
+    ):
+        raise OptionError(
+            f"lora_targets {','.join(targets)}: {type(model).__name__} pads the TensorFlow way, "
+            "reading each convolution's stride, which a LoRA wrapper does not have; adapt "
+            "linear layers only, or train every weight with --option lora=false"
+        )
+    return chosen
 
 
 def apply_lora(model, options, trained_modules: Sequence[str]):

@@ -212,3 +212,31 @@ def test_lora_targets_override_and_a_name_that_matches_nothing(scene, invoke):
     assert "lora_targets valu names no layer of DPTForSemanticSegmentation" in lines[0]
     assert "available:" in lines[0] and "query" in lines[0] and "value" in lines[0]
     assert not (root / "never").exists()
+
+
+def test_mobilenetv2_deeplabv3_trains_in_full_and_refuses_lora_in_one_line(scene, invoke):
+    from transformers import AutoModelForSemanticSegmentation, MobileNetV2Config
+
+    root, image, labels, chips = scene
+    checkpoint = root / "tiny-mobilenetv2"
+    config = MobileNetV2Config(depth_multiplier=0.25, image_size=CHIP, num_labels=3)
+    AutoModelForSemanticSegmentation.from_config(config).save_pretrained(checkpoint)
+    for option in ("lora=true", "lora_targets=expand_1x1.convolution"):
+        result = invoke(
+            "train", chips, "--backend", "hf", "-o", root / "never", "--model", checkpoint,
+            "--epochs", 1, "--option", option, "-q", expect=2,
+        )  # fmt: skip
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and "--option lora=false" in lines[0], result.output
+    model = root / "model-mobilenetv2-full"
+    invoke(
+        "train", chips, "--backend", "hf", "-o", model, "--model", checkpoint, "--epochs", 1,
+        "--batch-size", 2, "--option", "lora=false", "-q",
+    )  # fmt: skip
+    out = root / "pred-mobilenetv2.tif"
+    invoke(
+        "predict", image, "-o", out, "--backend", "hf", "--model", model, "--bands", "naip", "-q"
+    )
+    with rasterio.open(out) as mask, rasterio.open(image) as src:
+        assert mask.transform == src.transform and mask.crs == src.crs
+    invoke("evaluate", out, labels)
