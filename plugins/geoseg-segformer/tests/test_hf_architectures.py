@@ -240,3 +240,32 @@ def test_mobilenetv2_deeplabv3_trains_in_full_and_refuses_lora_in_one_line(scene
     with rasterio.open(out) as mask, rasterio.open(image) as src:
         assert mask.transform == src.transform and mask.crs == src.crs
     invoke("evaluate", out, labels)
+
+
+def test_a_fine_tuned_checkpoint_predicts_as_is_with_its_image_processor(scene, invoke):
+    from transformers import AutoModelForSemanticSegmentation, SegformerImageProcessor
+
+    root, image, _labels, _chips = scene
+    checkpoint = root / "tiny-upernet-ade"
+    config = _tiny_configs()["upernet-convnext"]
+    config.id2label, config.label2id = {0: "road", 1: "tree"}, {"road": 0, "tree": 1}
+    AutoModelForSemanticSegmentation.from_config(config).save_pretrained(checkpoint)
+    SegformerImageProcessor(image_mean=[0.5] * 3, image_std=[0.25] * 3).save_pretrained(checkpoint)
+    out = root / "pred-plain.tif"
+    invoke(
+        "predict", image, "-o", out, "--backend", "hf", "--model", checkpoint, "--bands", "naip",
+        "--size", CHIP, "-q",
+    )  # fmt: skip
+    with rasterio.open(out) as mask, rasterio.open(image) as src:
+        assert mask.transform == src.transform and mask.crs == src.crs
+        assert set(np.unique(mask.read(1))) <= {0, 1}
+        assert "tree" in json.dumps(mask.tags())
+    from geoseg.plugins import create_backend
+
+    backend = create_backend("hf")
+    backend.load(str(checkpoint), device="cpu")
+    settings = backend.model_settings  # the processor's rescale, mean and std, in 8-bit units
+    assert settings.band_names == ("red", "green", "blue")
+    assert settings.mean == pytest.approx((127.5,) * 3) and settings.std == pytest.approx(
+        (63.75,) * 3
+    )
