@@ -102,12 +102,25 @@ def check_backend(folder: str | Path | None, backend_name: str) -> dict[str, Any
     if manifest is None:
         return None
     trained_by = manifest["backend"]["name"]
-    if trained_by != backend_name:
+    if trained_by != backend_name and not _same_model_code(trained_by, backend_name):
         raise BackendError(
             f"{folder}: the model was trained by backend {trained_by!r}, not {backend_name!r}; "
             f"use --backend {trained_by}"
         )
     return manifest
+
+
+def _same_model_code(first: str, second: str) -> bool:
+    """Whether one backend's class derives from the other's (a name kept for the same code,
+    as ``segformer`` for ``hf``), so that each reads the other's model folders."""
+    from geoseg.errors import GeosegError
+    from geoseg.plugins import backend_info
+
+    try:
+        a, b = backend_info(first).backend, backend_info(second).backend
+    except GeosegError:
+        return False
+    return issubclass(a, b) or issubclass(b, a)
 
 
 def check_bands(manifest: dict[str, Any], band_names: tuple[str, ...], source: str) -> None:

@@ -137,6 +137,11 @@ def test_predict_on_a_chip_needs_no_bands_and_refuses_another_backend(
     invoke("predict", chip, "-o", out, "--backend", "segformer", "--model", lora_model, "-q")
     with rasterio.open(out) as mask:
         assert set(np.unique(mask.read(1))) <= {0, 1, 2}
+    # hf is the same code under its new name: it reads segformer's model folders.
+    same = land_cover.root / "chip-mask-hf.tif"
+    invoke("predict", chip, "-o", same, "--backend", "hf", "--model", lora_model, "-q")
+    with rasterio.open(out) as a, rasterio.open(same) as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
     refused = invoke(
         "predict", chip, "-o", land_cover.root / "x.tif", "--backend", "sam", "--model",
         lora_model, expect=2,
