@@ -10,13 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
 from geoseg.errors import WeightsError
+from geoseg.weights import hub_unreachable, refuse_pickles
 from geoseg_sam.preprocess import IMAGENET_MEAN, IMAGENET_STD, ModelInput
 
 if TYPE_CHECKING:
@@ -46,7 +44,7 @@ def load_sam(checkpoint: str | None) -> tuple[SamModel, ModelInput]:
     folder = Path(checkpoint).expanduser()
     try:
         if folder.exists():
-            refuse_pickles(folder)
+            refuse_pickles(folder, model_class="SamModel")
             _check_folder(folder)
             # Never the pickle fallback (pytorch_model.bin) a folder may also carry.
             model = SamModel.from_pretrained(folder, use_safetensors=True)
@@ -66,18 +64,16 @@ def load_sam(checkpoint: str | None) -> tuple[SamModel, ModelInput]:
             f"written by SamModel.save_pretrained or at a hub id such as {DEFAULT_CHECKPOINT}"
         ) from None
     if getattr(model.config, "model_type", None) != "sam":
-        raise WeightsError(f"{checkpoint}: not a SAM checkpoint (model type {model.config.model_type})")
+        raise WeightsError(
+            f"{checkpoint}: not a SAM checkpoint (model type {model.config.model_type})"
+        )
     model.eval()
     return model, _model_input(model, checkpoint)
 
 
 def _looks_like_path(checkpoint: str) -> bool:
     """Hub ids are ``name`` or ``owner/name``; anything else is meant as a local folder."""
-    return (
-        checkpoint.startswith((".", "/", "~"))
-        or "\\" in checkpoint
-        or checkpoint.count("/") > 1
-    )
+    return checkpoint.startswith((".", "/", "~")) or "\\" in checkpoint or checkpoint.count("/") > 1
 
 
 def _check_folder(folder: Path) -> None:
@@ -99,8 +95,10 @@ def _from_hub(model_cls, hub_id: str):
         f"on a connected machine run `hf download {hub_id}` and copy the cache into this "
         f"machine's HF_HOME ({_hf_home()}), or pass --model /path/to/a/local/sam/folder"
     )
-    if _hub_unreachable():
-        raise WeightsError(f"SAM checkpoint {hub_id} is not in the local cache and the Hugging Face hub is unreachable: {how}")
+    if hub_unreachable():
+        raise WeightsError(
+            f"SAM checkpoint {hub_id} is not in the local cache and the Hugging Face hub is unreachable: {how}"
+        )
     try:
         return model_cls.from_pretrained(hub_id, use_safetensors=True)
     except OSError as exc:
@@ -112,58 +110,6 @@ def _hf_home() -> str:
     from huggingface_hub import constants
 
     return str(constants.HF_HOME)
-
-
-#: Seconds a probe of the hub may take before geoseg calls it unreachable.
-HUB_PROBE_TIMEOUT = 3.0
-#: Suffixes of PyTorch pickle files (weights, optimizer states, whole checkpoints).
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-def _hub_unreachable() -> bool:
-    """True when offline mode is on or the hub does not answer within a few seconds.
-
-    Asking transformers anyway costs about 50 s of retries and a screen of HTTP errors.
-    """
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return True
-    host = urlparse(os.environ.get("HF_ENDPOINT", constants.ENDPOINT)).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), HUB_PROBE_TIMEOUT).close()
-    except OSError:
-        return True
-    return False
-
-
-def refuse_pickles(path: Path) -> None:
-    """Raise ``WeightsError`` for weights that are PyTorch pickles, never loading them.
-
-    A pickle can run code when it is loaded; geoseg loads safetensors only. ``path`` is a
-    file given as the model, or a model folder holding pickles and no safetensors.
-    """
-    if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
-        found, folder = path, path.parent
-    elif path.is_dir() and not any(path.glob("*.safetensors")):
-        pickles = sorted(p for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
-        if not pickles:
-            return
-        found, folder = pickles[0], path
-    else:
-        return
-    if (folder / "config.json").is_file():
-        fix = (
-            f"where you trust the file, convert the folder: python -c \"from transformers "
-            f"import SamModel; SamModel.from_pretrained('{folder}')"
-            f".save_pretrained('{folder}-safe')\" and pass --model {folder}-safe"
-        )
-    else:
-        fix = "pass --model a folder written by SamModel.save_pretrained or geoseg train"
-    raise WeightsError(
-        f"{found}: a PyTorch pickle; geoseg loads safetensors only (a pickle can run code "
-        f"when loaded); {fix}"
-    )
 
 
 def _model_input(model: SamModel, checkpoint: str) -> ModelInput:
@@ -233,10 +179,14 @@ def load_decoder(model: SamModel, path: Path) -> None:
     try:
         state = load_file(str(path))
     except (OSError, SafetensorError) as exc:
-        raise WeightsError(f"{path}: cannot read the decoder weights ({exc}); retrain the model") from None
+        raise WeightsError(
+            f"{path}: cannot read the decoder weights ({exc}); retrain the model"
+        ) from None
     unexpected = [k for k in state if not k.startswith(DECODER_PREFIX)]
     if unexpected:
-        raise WeightsError(f"{path}: holds weights other than the mask decoder ({unexpected[0]}, ...)")
+        raise WeightsError(
+            f"{path}: holds weights other than the mask decoder ({unexpected[0]}, ...)"
+        )
     expected = decoder_state(model)
     shapes = {k: tuple(v.shape) for k, v in expected.items()}
     if set(state) != set(expected) or any(tuple(state[k].shape) != shapes[k] for k in state):

@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import socket
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ import numpy as np
 
 from geoseg.classes import ClassMap
 from geoseg.errors import BackendError, BandError, OptionError, WeightsError
+from geoseg.weights import hub_unreachable, refuse_pickles
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +203,7 @@ def checkpoint_source(checkpoint: str) -> str:
     the hub does not answer."""
     local = Path(checkpoint).expanduser()
     if _looks_local(checkpoint):
-        refuse_pickles(local)
+        refuse_pickles(local, model_class="AutoModelForSemanticSegmentation")
         if not (local / "config.json").is_file():
             raise WeightsError(
                 f"{checkpoint}: not a model folder (no config.json); give a folder written by "
@@ -260,57 +259,6 @@ def cached_snapshot(repo_id: str) -> Path | None:
         return None
     snapshot = Path(config).parent
     return snapshot if any(snapshot.glob("*.safetensors")) else None
-
-
-#: Seconds a probe of the hub may take before geoseg calls it unreachable.
-HUB_PROBE_TIMEOUT = 3.0
-#: Suffixes of PyTorch pickle files (weights, optimizer states, whole checkpoints).
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-def hub_unreachable() -> bool:
-    """True when offline mode is on or the hub does not answer within a few seconds."""
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return True
-    host = urlparse(os.environ.get("HF_ENDPOINT", constants.ENDPOINT)).hostname
-    try:
-        socket.create_connection((host or "huggingface.co", 443), HUB_PROBE_TIMEOUT).close()
-    except OSError:
-        return True
-    return False
-
-
-def refuse_pickles(path: Path) -> None:
-    """Raise ``WeightsError`` for weights that are PyTorch pickles, never loading them.
-
-    A pickle can run code when it is loaded; geoseg loads safetensors only. ``path`` is a
-    file given as the model, or a model folder holding pickles and no safetensors.
-    """
-    if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
-        found, folder = path, path.parent
-    elif path.is_dir() and not any(path.glob("*.safetensors")):
-        pickles = sorted(p for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
-        if not pickles:
-            return
-        found, folder = pickles[0], path
-    else:
-        return
-    if (folder / "config.json").is_file():
-        fix = (
-            f'where you trust the file, convert the folder: python -c "from transformers '
-            f"import AutoModelForSemanticSegmentation as M; M.from_pretrained('{folder}')"
-            f".save_pretrained('{folder}-safe')\" and pass --model {folder}-safe"
-        )
-    else:
-        fix = "pass --model a folder written by save_pretrained or geoseg train"
-    raise WeightsError(
-        f"{found}: a PyTorch pickle; geoseg loads safetensors only (a pickle can run code "
-        f"when loaded); {fix}"
-    )
 
 
 def _from_pretrained(source: str, kwargs: dict[str, Any], **options: Any):
@@ -603,7 +551,7 @@ def load_for_prediction(model: str, device: str = "cpu", *, merge: bool = True):
     its image processor's normalisation.
     """
     folder = Path(model).expanduser()
-    refuse_pickles(folder)
+    refuse_pickles(folder, model_class="AutoModelForSemanticSegmentation")
     if (folder / SETTINGS_FILE).is_file():
         settings = ModelSettings.read(folder)
         if settings.lora:
