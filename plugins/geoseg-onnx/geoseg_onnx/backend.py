@@ -43,7 +43,7 @@ class OnnxOptions:
     memory_arena: bool = option(
         False, applies="predict",
         help="ONNX Runtime's CPU memory arena; off by default, which measured faster and "
-        "smaller on SegFormer-b0 chips (benchmarks/onnx_vs_torch.py).",
+        "smaller on SegFormer-b0 chips (benchmarks/onnx_speed.py).",
     )  # fmt: skip
 
     def __post_init__(self) -> None:

@@ -9,8 +9,8 @@ model loaded before timing; peak memory is that process's resident high-water ma
 ``geoseg predict`` runs on the whole sample with each backend and the masks are
 compared pixel by pixel.
 
-    python benchmarks/onnx_vs_torch.py              # 16 chips, batches of 4, best of 2 runs
-    python benchmarks/onnx_vs_torch.py --chips 8 --threads 2
+    python benchmarks/onnx_speed.py              # 16 chips, batches of 4, best of 2 runs
+    python benchmarks/onnx_speed.py --chips 8 --threads 2
 """
 
 from __future__ import annotations
