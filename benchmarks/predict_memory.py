@@ -28,10 +28,21 @@ from _measure import measure  # noqa: E402
 def write_scene(path: Path, size: int, block: int = 1024) -> Path:
     """A NAIP-like 4-band uint8 scene (red, green, blue, nir) with lakes, written in blocks."""
     profile = dict(
-        driver="GTiff", width=size, height=size, count=4, dtype="uint8", nodata=0,
-        crs="EPSG:26914", transform=Affine(1.0, 0, 400000.0, 0, -1.0, 5200000.0),
-        tiled=True, blockxsize=512, blockysize=512, compress="deflate", zlevel=1,
-        interleave="pixel", bigtiff="if_safer",
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=4,
+        dtype="uint8",
+        nodata=0,
+        crs="EPSG:26914",
+        transform=Affine(1.0, 0, 400000.0, 0, -1.0, 5200000.0),
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+        zlevel=1,
+        interleave="pixel",
+        bigtiff="if_safer",
     )
     rng = np.random.default_rng(0)
     with rasterio.open(path, "w", **profile) as dst:
@@ -73,8 +84,11 @@ def main() -> None:
             made = time.perf_counter() - started
             result = peak(src, Path(tmp) / f"water_{size}.tif")
             results[size] = result
-            print(f"{size:>6} px square: scene written in {made:6.1f} s; predict "
-                  f"{result['seconds']:7.1f} s, peak RSS {result['peak_mb']:7.1f} MB", flush=True)
+            print(
+                f"{size:>6} px square: scene written in {made:6.1f} s; predict "
+                f"{result['seconds']:7.1f} s, peak RSS {result['peak_mb']:7.1f} MB",
+                flush=True,
+            )
             src.unlink()
         small, large = sizes
         ratio = results[large]["peak_mb"] / results[small]["peak_mb"]

@@ -80,10 +80,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None, help="scene side in pixels")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each; the best counts")
-    parser.add_argument("--hidden", type=int, default=48,
-                        help="hidden units of the backend's network (its cost per chip)")
-    parser.add_argument("--backend-threads", default=BACKEND_THREADS, metavar="N",
-                        help="BLAS threads of the backend (give as --backend-threads=N)")
+    parser.add_argument(
+        "--hidden",
+        type=int,
+        default=48,
+        help="hidden units of the backend's network (its cost per chip)",
+    )
+    parser.add_argument(
+        "--backend-threads",
+        default=BACKEND_THREADS,
+        metavar="N",
+        help="BLAS threads of the backend (give as --backend-threads=N)",
+    )
     args = parser.parse_args()
     side = args.size or (2048 if args.quick else 4096)
     with tempfile.TemporaryDirectory(prefix="geoseg-bench-") as tmp:
@@ -95,8 +103,14 @@ def main() -> None:
         for _ in range(args.repeat):
             backend.seconds = 0.0
             started, cpu = time.perf_counter(), time.process_time()
-            predict_raster(backend, src, Path(tmp) / "water.tif", size=512, overlap=64,
-                           batch_size=args.batch_size)
+            predict_raster(
+                backend,
+                src,
+                Path(tmp) / "water.tif",
+                size=512,
+                overlap=64,
+                batch_size=args.batch_size,
+            )
             engine_runs.append(time.perf_counter() - started)
             engine_cpu_runs.append(time.process_time() - cpu)
             inside_runs.append(backend.seconds)
@@ -112,8 +126,11 @@ def main() -> None:
             part = chips[i : i + args.batch_size]
             valid = np.stack([c.valid for c in part])
             images = np.where(valid[:, None], np.stack([c.data for c in part]), 0)
-            batches.append(ChipBatch(images.astype(np.float32), valid, source.band_names,
-                                     tuple(c.tile for c in part)))
+            batches.append(
+                ChipBatch(
+                    images.astype(np.float32), valid, source.band_names, tuple(c.tile for c in part)
+                )
+            )
         alone_runs, alone_cpu_runs = [], []
         for _ in range(args.repeat):
             started, cpu = time.perf_counter(), time.process_time()
@@ -124,25 +141,36 @@ def main() -> None:
         alone, alone_cpu = min(alone_runs), min(alone_cpu_runs)
 
     overhead = (engine - alone) / alone
-    print(f"scene {side} px square, {len(chips)} chips of 512 px (overlap 64), batch "
-          f"{args.batch_size}, backend on {BACKEND_THREADS} thread(s), {os.cpu_count()} cores")
+    print(
+        f"scene {side} px square, {len(chips)} chips of 512 px (overlap 64), batch "
+        f"{args.batch_size}, backend on {BACKEND_THREADS} thread(s), {os.cpu_count()} cores"
+    )
     per_chip = (engine - alone) / len(chips)
-    print(f"backend cost per chip {1000 * alone / len(chips):.1f} ms ({args.hidden} hidden "
-          f"units); engine cost per chip {1000 * per_chip:.1f} ms (wall), so under 15% for "
-          f"backends of {1000 * per_chip / 0.15:.0f} ms per chip or more")
-    print(f"engine end to end   {engine:7.2f} s  (backend inside it: {inside:.2f} s; best of "
-          f"{args.repeat})")
+    print(
+        f"backend cost per chip {1000 * alone / len(chips):.1f} ms ({args.hidden} hidden "
+        f"units); engine cost per chip {1000 * per_chip:.1f} ms (wall), so under 15% for "
+        f"backends of {1000 * per_chip / 0.15:.0f} ms per chip or more"
+    )
+    print(
+        f"engine end to end   {engine:7.2f} s  (backend inside it: {inside:.2f} s; best of "
+        f"{args.repeat})"
+    )
     print(f"backend alone       {alone:7.2f} s  (best of {args.repeat})")
-    print(f"engine overhead     {100 * overhead:6.1f} % of the backend's own time "
-          f"(target: under 15%)")
+    print(
+        f"engine overhead     {100 * overhead:6.1f} % of the backend's own time (target: under 15%)"
+    )
     # CPU time (all threads) is what the engine adds whatever else runs on the machine.
     cpu_overhead = (engine_cpu - alone_cpu) / alone_cpu
-    print(f"cpu time            engine {engine_cpu:.2f} s, backend alone {alone_cpu:.2f} s: "
-          f"{100 * cpu_overhead:.1f} % more")
+    print(
+        f"cpu time            engine {engine_cpu:.2f} s, backend alone {alone_cpu:.2f} s: "
+        f"{100 * cpu_overhead:.1f} % more"
+    )
     load = Path("/proc/loadavg")
     if load.exists():
-        print(f"load average at the end: {load.read_text().split()[0]} "
-              f"(wall times are only comparable on an otherwise idle machine)")
+        print(
+            f"load average at the end: {load.read_text().split()[0]} "
+            f"(wall times are only comparable on an otherwise idle machine)"
+        )
 
 
 if __name__ == "__main__":

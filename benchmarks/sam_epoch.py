@@ -58,9 +58,25 @@ def make_chips(root: Path, count: int, chip: int) -> Path:
     chips = root / "chips"
     result = CliRunner().invoke(
         cli,
-        ["tile", str(crop), "-o", str(chips), "--bands", "naip", "--size", str(chip),
-         "--overlap", "0", "--labels", str(labels), "--classes", str(classes),
-         "--val-fraction", "0", "-q"],
+        [
+            "tile",
+            str(crop),
+            "-o",
+            str(chips),
+            "--bands",
+            "naip",
+            "--size",
+            str(chip),
+            "--overlap",
+            "0",
+            "--labels",
+            str(labels),
+            "--classes",
+            str(classes),
+            "--val-fraction",
+            "0",
+            "-q",
+        ],
     )
     if result.exit_code != 0:
         raise SystemExit(f"geoseg tile failed: {result.output}")
@@ -77,8 +93,9 @@ def save_vit_b(folder: Path) -> Path:
     return folder
 
 
-def train(chips: Path, model: Path, out: Path, cache: str, epochs: int, batch: int,
-          prompt: str) -> list[dict]:
+def train(
+    chips: Path, model: Path, out: Path, cache: str, epochs: int, batch: int, prompt: str
+) -> list[dict]:
     from geoseg_sam.backend import SamBackend
     from geoseg_sam.options import SamOptions
 
@@ -86,7 +103,11 @@ def train(chips: Path, model: Path, out: Path, cache: str, epochs: int, batch: i
     from geoseg.dataset import ChipDataset
 
     settings = TrainSettings(
-        output_dir=out, model=str(model), epochs=epochs, batch_size=batch, device="cpu",
+        output_dir=out,
+        model=str(model),
+        epochs=epochs,
+        batch_size=batch,
+        device="cpu",
     )
     backend = SamBackend(SamOptions(cache=cache, prompt=prompt))
     backend.train(ChipDataset.open(chips), settings)
@@ -109,25 +130,39 @@ def main() -> None:
         chips = make_chips(root, args.chips, args.chip_size)
         started = time.perf_counter()
         model = save_vit_b(root / "sam-vit-b-random")
-        print(f"ViT-B SAM saved in {time.perf_counter() - started:.1f}s; "
-              f"{args.chips} chips of {args.chip_size} px; prompt={args.prompt}; "
-              f"torch threads {torch.get_num_threads()}")
+        print(
+            f"ViT-B SAM saved in {time.perf_counter() - started:.1f}s; "
+            f"{args.chips} chips of {args.chip_size} px; prompt={args.prompt}; "
+            f"torch threads {torch.get_num_threads()}"
+        )
 
-        recompute = train(chips, model, root / "recompute", "off", args.epochs,
-                          args.batch_size, args.prompt)
-        cached = train(chips, model, root / "cached", str(root / "cache"), args.epochs,
-                       args.batch_size, args.prompt)
+        recompute = train(
+            chips, model, root / "recompute", "off", args.epochs, args.batch_size, args.prompt
+        )
+        cached = train(
+            chips,
+            model,
+            root / "cached",
+            str(root / "cache"),
+            args.epochs,
+            args.batch_size,
+            args.prompt,
+        )
 
     print(f"{'epoch':>5} {'recompute s':>12} {'cached s':>9} {'encoder chips':>14} {'ratio':>7}")
     for plain, fast in zip(recompute, cached, strict=True):
         ratio = plain["train_seconds"] / fast["train_seconds"]
-        print(f"{plain['epoch']:>5} {plain['train_seconds']:>12.2f} {fast['train_seconds']:>9.2f} "
-              f"{fast['encoder_chips']:>14} {ratio:>6.1f}x")
+        print(
+            f"{plain['epoch']:>5} {plain['train_seconds']:>12.2f} {fast['train_seconds']:>9.2f} "
+            f"{fast['encoder_chips']:>14} {ratio:>6.1f}x"
+        )
     later_plain = np.mean([h["train_seconds"] for h in recompute[1:]])
     later_fast = np.mean([h["train_seconds"] for h in cached[1:]])
     ratio = later_plain / later_fast
-    print(f"epochs after the first: recompute {later_plain:.2f}s, cached {later_fast:.2f}s, "
-          f"speed-up {ratio:.1f}x (target >= 10x): {'PASS' if ratio >= 10 else 'FAIL'}")
+    print(
+        f"epochs after the first: recompute {later_plain:.2f}s, cached {later_fast:.2f}s, "
+        f"speed-up {ratio:.1f}x (target >= 10x): {'PASS' if ratio >= 10 else 'FAIL'}"
+    )
 
 
 if __name__ == "__main__":

@@ -41,9 +41,20 @@ def write_scene(path: Path, size: int, seed: int) -> Path:
     nir = (2000 - 900 * field).clip(1, 4000)
     green = np.full_like(nir, 1500)
     data = np.stack([green * 0.9, green, green * 0.8, nir]).astype(np.uint16)
-    profile = dict(driver="GTiff", width=size, height=size, count=4, dtype="uint16",
-                   crs="EPSG:26915", transform=Affine(0.6, 0, 350000, 0, -0.6, 4500000),
-                   nodata=0, tiled=True, blockxsize=512, blockysize=512, compress="deflate")
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=4,
+        dtype="uint16",
+        crs="EPSG:26915",
+        transform=Affine(0.6, 0, 350000, 0, -0.6, 4500000),
+        nodata=0,
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+    )
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
         for i, name in enumerate(("red", "green", "blue", "nir"), start=1):
@@ -64,8 +75,9 @@ def warm_worker(spec, warmup: Path, out: Path) -> bool:
     from geoseg.distributed import worker_backend
     from geoseg.predict import predict_raster
 
-    predict_raster(worker_backend(spec), warmup, out / f"warm-{os.getpid()}.tif", size=512,
-                   overlap=64)
+    predict_raster(
+        worker_backend(spec), warmup, out / f"warm-{os.getpid()}.tif", size=512, overlap=64
+    )
     return True
 
 
@@ -107,26 +119,36 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="geoseg-scale-"))
     try:
-        sources = [write_scene(root / f"scene_{i:02d}.tif", args.size, i)
-                   for i in range(args.rasters)]
+        sources = [
+            write_scene(root / f"scene_{i:02d}.tif", args.size, i) for i in range(args.rasters)
+        ]
         (root / "warmup").mkdir()
         warmup = write_scene(root / "warmup" / "warm.tif", 256, 99)
-        print(f"job: {args.rasters} rasters of {args.size}x{args.size} px, 4 bands uint16, "
-              f"spectral backend (NDWI, Otsu per raster), 512 px chips, 64 px overlap")
+        print(
+            f"job: {args.rasters} rasters of {args.size}x{args.size} px, 4 bands uint16, "
+            f"spectral backend (NDWI, Otsu per raster), 512 px chips, 64 px overlap"
+        )
         for label, backend_options in JOBS:
             load_before = os.getloadavg()
             one, one_cpu, one_memory = run_job(1, sources, root, warmup, backend_options)
-            many, many_cpu, many_memory = run_job(args.workers, sources, root, warmup,
-                                                  backend_options)
+            many, many_cpu, many_memory = run_job(
+                args.workers, sources, root, warmup, backend_options
+            )
             load_after = os.getloadavg()
             print(f"\n{label} (--option {' '.join(backend_options) or '(none)'})")
-            print(f"  load average (1 min) before {load_before[0]:.2f}, after "
-                  f"{load_after[0]:.2f}, on {os.cpu_count()} cpus")
-            for n, wall, cpu, memory in ((1, one, one_cpu, one_memory),
-                                         (args.workers, many, many_cpu, many_memory)):
-                print(f"  {n} worker{'s' if n > 1 else ' '}: {wall:6.2f} s wall, "
-                      f"{cpu / wall:4.2f} cores busy, peak memory per worker (MiB): "
-                      f"{', '.join(f'{m:.0f}' for m in memory)}")
+            print(
+                f"  load average (1 min) before {load_before[0]:.2f}, after "
+                f"{load_after[0]:.2f}, on {os.cpu_count()} cpus"
+            )
+            for n, wall, cpu, memory in (
+                (1, one, one_cpu, one_memory),
+                (args.workers, many, many_cpu, many_memory),
+            ):
+                print(
+                    f"  {n} worker{'s' if n > 1 else ' '}: {wall:6.2f} s wall, "
+                    f"{cpu / wall:4.2f} cores busy, peak memory per worker (MiB): "
+                    f"{', '.join(f'{m:.0f}' for m in memory)}"
+                )
             print(f"  speed-up: {one / many:.2f}x (target >= 1.6x with 2 workers)")
     finally:
         shutil.rmtree(root, ignore_errors=True)

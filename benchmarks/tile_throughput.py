@@ -27,9 +27,20 @@ from _measure import measure  # noqa: E402
 
 def make_raster(path: Path, pixels: int) -> Path:
     """A 4-band uint8 GeoTIFF with texture (so compression does real work), written in strips."""
-    profile = dict(driver="GTiff", width=pixels, height=pixels, count=4, dtype="uint8",
-                   crs="EPSG:32614", transform=Affine(0.6, 0, 500000, 0, -0.6, 5200000),
-                   nodata=0, tiled=True, blockxsize=512, blockysize=512, compress="deflate")
+    profile = dict(
+        driver="GTiff",
+        width=pixels,
+        height=pixels,
+        count=4,
+        dtype="uint8",
+        crs="EPSG:32614",
+        transform=Affine(0.6, 0, 500000, 0, -0.6, 5200000),
+        nodata=0,
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+    )
     rng = np.random.default_rng(0)
     with rasterio.open(path, "w", **profile) as dst:
         for row in range(0, pixels, 512):
@@ -37,8 +48,10 @@ def make_raster(path: Path, pixels: int) -> Path:
             y, x = np.mgrid[row : row + h, 0:pixels]
             base = (np.sin(x / 37.0) + np.cos(y / 23.0)) * 60 + 128
             noise = rng.integers(0, 20, size=(4, h, pixels))
-            dst.write((base[None] + noise).clip(1, 255).astype("uint8"),
-                      window=rasterio.windows.Window(0, row, pixels, h))
+            dst.write(
+                (base[None] + noise).clip(1, 255).astype("uint8"),
+                window=rasterio.windows.Window(0, row, pixels, h),
+            )
     return path
 
 
@@ -91,15 +104,23 @@ def main() -> None:
         fmt = dict(size=args.chip, overlap=args.overlap)
         plain = measure(PLAIN_LOOP.format(src=str(large), out=str(work / "plain"), **fmt))
         ours = measure(GEOSEG_TILE.format(src=str(large), out=str(work / "geoseg"), **fmt))
-        ours_small = measure(GEOSEG_TILE.format(src=str(small), out=str(work / "geoseg_small"), **fmt))
+        ours_small = measure(
+            GEOSEG_TILE.format(src=str(small), out=str(work / "geoseg_small"), **fmt)
+        )
         n_chips = len(list((work / "geoseg" / "images").glob("*.tif")))
-        print(f"raster {args.pixels}x{args.pixels}x4 uint8, chips {args.chip}px overlap {args.overlap}px: {n_chips} chips")
+        print(
+            f"raster {args.pixels}x{args.pixels}x4 uint8, chips {args.chip}px overlap {args.overlap}px: {n_chips} chips"
+        )
         print(f"plain rasterio loop : {plain['seconds']:7.2f} s   peak {plain['peak_mb']:7.1f} MB")
         print(f"geoseg tile         : {ours['seconds']:7.2f} s   peak {ours['peak_mb']:7.1f} MB")
-        print(f"time ratio geoseg/plain: {ours['seconds'] / plain['seconds']:.2f}x  (target <= 1.3x)")
-        print(f"geoseg tile on {small_side}x{small_side}: peak {ours_small['peak_mb']:.1f} MB; "
-              f"peak ratio large/small ({args.pixels ** 2 / small_side ** 2:.0f}x the pixels): "
-              f"{ours['peak_mb'] / ours_small['peak_mb']:.2f}  (target ~1)")
+        print(
+            f"time ratio geoseg/plain: {ours['seconds'] / plain['seconds']:.2f}x  (target <= 1.3x)"
+        )
+        print(
+            f"geoseg tile on {small_side}x{small_side}: peak {ours_small['peak_mb']:.1f} MB; "
+            f"peak ratio large/small ({args.pixels**2 / small_side**2:.0f}x the pixels): "
+            f"{ours['peak_mb'] / ours_small['peak_mb']:.2f}  (target ~1)"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -121,8 +121,8 @@ class ClassMap:
                 raise TypeError
         except (KeyError, TypeError, ValueError):
             raise ClassError(
-                f"{source}: expected a list of {{\"id\": 1, \"name\": \"water\"}} objects or an "
-                f"{{\"1\": \"water\"}} mapping"
+                f'{source}: expected a list of {{"id": 1, "name": "water"}} objects or an '
+                f'{{"1": "water"}} mapping'
             ) from None
         if not infos:
             raise ClassError(f"{source} defines no classes")

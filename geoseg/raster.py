@@ -76,8 +76,10 @@ def proj_database_error(message: str, subject: str) -> SetupError:
 
     found = re.search(r"(\S*proj\.db)", message)
     database = found.group(1) if found else "proj.db"
-    reason = "comes from another PROJ installation" if "LAYOUT.VERSION" in message else (
-        "cannot be read"
+    reason = (
+        "comes from another PROJ installation"
+        if "LAYOUT.VERSION" in message
+        else ("cannot be read")
     )
     settings = [f"{k}={os.environ[k]}" for k in ("PROJ_DATA", "PROJ_LIB") if os.environ.get(k)]
     hint = (

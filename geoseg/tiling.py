@@ -328,17 +328,28 @@ def tile_source(
         if isinstance(settings.classes, (str, Path))
         else settings.classes
     )
-    source = open_raster(path, settings.bands, dst_crs=settings.dst_crs,
-                         resolution=settings.resolution, resampling=settings.resampling)
+    source = open_raster(
+        path,
+        settings.bands,
+        dst_crs=settings.dst_crs,
+        resolution=settings.resolution,
+        resampling=settings.resampling,
+    )
     labels = None
     try:
         grid = tile_grid(source, settings.size, settings.overlap)
         if settings.labels is not None:
-            labels = open_labels(settings.labels, source, field=settings.label_field,
-                                 classes=classes, unlabeled=settings.unlabeled)
+            labels = open_labels(
+                settings.labels,
+                source,
+                field=settings.label_field,
+                classes=classes,
+                unlabeled=settings.unlabeled,
+            )
         labels_dir = out_dir / LABELS_DIR if settings.labels else None
-        return _tile_opened(source, grid, labels, out_dir / IMAGES_DIR, labels_dir, settings,
-                            progress)
+        return _tile_opened(
+            source, grid, labels, out_dir / IMAGES_DIR, labels_dir, settings, progress
+        )
     finally:
         if labels is not None:
             labels.close()
@@ -569,7 +580,9 @@ def _write_tiles(summary: TileSummary, out_dir: Path) -> None:
         "col": np.array([e.col for e in chips], dtype=np.int32),
         "valid_fraction": np.array([e.valid_fraction for e in chips], dtype=np.float64),
         "split": np.array([e.split for e in chips], dtype=object),
-        "crs": np.array([e.tile.crs.to_string() if e.tile.crs else None for e in chips], dtype=object),
+        "crs": np.array(
+            [e.tile.crs.to_string() if e.tile.crs else None for e in chips], dtype=object
+        ),
     }
     with atomic_output(out_dir / TILES_FILE) as tmp:
         write(
@@ -623,7 +636,11 @@ def _write_dataset_json(
         "nodata": first.nodata,
         "labels": str(settings.labels) if settings.labels else None,
         "classes": classes.to_json() if classes is not None else [],
-        "split": {"method": settings.split, "val_fraction": settings.val_fraction, "seed": settings.seed},
+        "split": {
+            "method": settings.split,
+            "val_fraction": settings.val_fraction,
+            "seed": settings.seed,
+        },
         "counts": {
             "chips": len(summary.chips),
             "train": splits.get("train", 0),

@@ -99,8 +99,14 @@ def vectorize_mask(
     frame = frame.sort_values(["class_id", "area_m2"], ascending=[True, False])
     frame = frame.reset_index(drop=True)
     with atomic_output(out_gpkg) as tmp:
-        frame.to_file(tmp, layer=LAYER, driver="GPKG", engine="pyogrio", geometry_type="Polygon",
-                      dataset_options=GPKG_OPTIONS)
+        frame.to_file(
+            tmp,
+            layer=LAYER,
+            driver="GPKG",
+            engine="pyogrio",
+            geometry_type="Polygon",
+            dataset_options=GPKG_OPTIONS,
+        )
         write_vector_style(tmp, LAYER, classes)
     log.info("%s: %d polygons", out_gpkg, len(frame))
     return out_gpkg

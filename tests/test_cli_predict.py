@@ -24,8 +24,20 @@ def scenes(tmp_path, make_raster):
 
 def test_one_source_to_a_file_with_vector(tmp_path, scenes, fake_backend, invoke):
     out = tmp_path / "out" / "water.tif"
-    result = invoke("predict", scenes / "north.tif", "-o", out, "--backend", "fake",
-                    "--size", "32", "--overlap", "8", "--vector", "-q")
+    result = invoke(
+        "predict",
+        scenes / "north.tif",
+        "-o",
+        out,
+        "--backend",
+        "fake",
+        "--size",
+        "32",
+        "--overlap",
+        "8",
+        "--vector",
+        "-q",
+    )
     assert f"mask: {out}" in result.output
     with rasterio.open(out) as mask, rasterio.open(scenes / "north.tif") as src:
         assert mask.transform == src.transform and mask.crs == src.crs
@@ -45,11 +57,20 @@ def test_folder_resume_and_overwrite(tmp_path, scenes, fake_backend, invoke):
     out = tmp_path / "masks"
     invoke("predict", scenes, "-o", out, "--backend", "fake", "--vector", "--probabilities", "-q")
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["north.gpkg", "north.qml", "north.tif", "north_probabilities.tif",
-                     "south.gpkg", "south.qml", "south.tif", "south_probabilities.tif"]
+    assert names == [
+        "north.gpkg",
+        "north.qml",
+        "north.tif",
+        "north_probabilities.tif",
+        "south.gpkg",
+        "south.qml",
+        "south.tif",
+        "south_probabilities.tif",
+    ]
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    again = invoke("predict", scenes, "-o", out, "--backend", "fake", "--vector",
-                   "--probabilities", "-q")
+    again = invoke(
+        "predict", scenes, "-o", out, "--backend", "fake", "--vector", "--probabilities", "-q"
+    )
     assert again.output.count("skipped") == 2
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     (out / "south.gpkg").unlink()  # only the polygons are missing: the mask is reused
@@ -103,8 +124,20 @@ def test_vectorize_command(tmp_path, scenes, fake_backend, invoke):
 @requires_samples()
 def test_spectral_backend_on_naip_finds_the_lakes(tmp_path, invoke):
     out = tmp_path / "naip_water.tif"
-    invoke("predict", NAIP, "-o", out, "--backend", "spectral", "--bands", "naip", "--vector",
-           "--min-area", "200", "-q")
+    invoke(
+        "predict",
+        NAIP,
+        "-o",
+        out,
+        "--backend",
+        "spectral",
+        "--bands",
+        "naip",
+        "--vector",
+        "--min-area",
+        "200",
+        "-q",
+    )
     # a pixel in the middle of the large lake in the west of the scene
     lake = (486676.5, 5207948.5)
     with rasterio.open(out) as mask, rasterio.open(NAIP) as src:
@@ -123,7 +156,9 @@ def test_spectral_backend_on_naip_finds_the_lakes(tmp_path, invoke):
     assert polygons.area_m2.min() >= 200
 
 
-def test_rerun_after_interruption_removes_its_temporary_files(make_raster, fake_backend, invoke, tmp_path):
+def test_rerun_after_interruption_removes_its_temporary_files(
+    make_raster, fake_backend, invoke, tmp_path
+):
     src = make_raster("scene.tif", bands=1, width=64, dtype="uint16")
     out = tmp_path / "masks"
     out.mkdir()

@@ -21,8 +21,16 @@ UTM = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5200000.0)
 
 
 def write(path, array, *, crs="EPSG:32614", transform=UTM, nodata=255, classes=None):
-    profile = dict(driver="GTiff", width=array.shape[1], height=array.shape[0], count=1,
-                   dtype=array.dtype.name, crs=crs, transform=transform, nodata=nodata)
+    profile = dict(
+        driver="GTiff",
+        width=array.shape[1],
+        height=array.shape[0],
+        count=1,
+        dtype=array.dtype.name,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+    )
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(array, 1)
         if classes is not None:
@@ -45,8 +53,9 @@ def test_hand_made_scores_are_exact(tmp_path):
     labels = np.zeros((4, 4), np.uint8)
     labels[:, :2] = 1
     labels[3, 2] = 255
-    result = evaluate_mask(write(tmp_path / "p.tif", pred, classes=WATER),
-                           write(tmp_path / "l.tif", labels))
+    result = evaluate_mask(
+        write(tmp_path / "p.tif", pred, classes=WATER), write(tmp_path / "l.tif", labels)
+    )
     assert result.pixels == 14
     np.testing.assert_array_equal(result.confusion, [[2, 4], [4, 4]])
     assert result.iou.tolist() == pytest.approx([2 / 10, 4 / 12])
@@ -104,13 +113,20 @@ def test_cli_prints_table_and_writes_json(tmp_path, prediction, invoke):
     labels = np.zeros((40, 40), np.uint8)
     labels[:, :20] = 1
     write(tmp_path / "labels.tif", labels)
-    result = invoke("evaluate", prediction, tmp_path / "labels.tif", "--json",
-                    tmp_path / "scores.json", "-q")
+    result = invoke(
+        "evaluate", prediction, tmp_path / "labels.tif", "--json", tmp_path / "scores.json", "-q"
+    )
     assert "overall accuracy 0.8750" in result.output
     report = json.loads((tmp_path / "scores.json").read_text())
     assert report["classes"][1] == {
-        "id": 1, "name": "water", "iou": 0.8, "f1": pytest.approx(0.888889), "precision": 0.8,
-        "recall": 1.0, "label_pixels": 800, "predicted_pixels": 1000,
+        "id": 1,
+        "name": "water",
+        "iou": 0.8,
+        "f1": pytest.approx(0.888889),
+        "precision": 0.8,
+        "recall": 1.0,
+        "label_pixels": 800,
+        "predicted_pixels": 1000,
     }
     assert report["confusion_matrix"]["counts"] == [[600, 200], [0, 800]]
     bad = invoke("evaluate", prediction, tmp_path / "missing.gpkg", expect=2)
@@ -136,8 +152,16 @@ def test_unlabeled_ignore_scores_only_the_drawn_polygons(tmp_path, prediction, i
     dense = evaluate_mask(prediction, tmp_path / "lake.gpkg")
     assert dense.pixels == 1600 and not dense.unreferenced.any()
 
-    result = invoke("evaluate", prediction, tmp_path / "lake.gpkg", "--unlabeled", "ignore",
-                    "--json", tmp_path / "s.json", "-q")
+    result = invoke(
+        "evaluate",
+        prediction,
+        tmp_path / "lake.gpkg",
+        "--unlabeled",
+        "ignore",
+        "--json",
+        tmp_path / "s.json",
+        "-q",
+    )
     assert "no label pixels" in result.output
     assert "mean IoU 0.7500" in result.output
     report = json.loads((tmp_path / "s.json").read_text())

@@ -67,10 +67,23 @@ def read(path):
 def test_pointwise_backend_small_tiles_equal_one_tile(tmp_path):
     src = noisy(tmp_path)
     backend = ThreeClass()
-    tiled = predict_raster(backend, src, tmp_path / "tiled.tif", size=32, overlap=8,
-                           batch_size=5, probabilities_path=tmp_path / "tiled_p.tif")
-    whole = predict_raster(backend, src, tmp_path / "whole.tif", size=160, overlap=0,
-                           probabilities_path=tmp_path / "whole_p.tif")
+    tiled = predict_raster(
+        backend,
+        src,
+        tmp_path / "tiled.tif",
+        size=32,
+        overlap=8,
+        batch_size=5,
+        probabilities_path=tmp_path / "tiled_p.tif",
+    )
+    whole = predict_raster(
+        backend,
+        src,
+        tmp_path / "whole.tif",
+        size=160,
+        overlap=0,
+        probabilities_path=tmp_path / "whole_p.tif",
+    )
     np.testing.assert_array_equal(read(tiled), read(whole))
     assert len(np.unique(read(whole))) == 3
     with rasterio.open(tmp_path / "tiled_p.tif") as a, rasterio.open(tmp_path / "whole_p.tif") as b:
@@ -82,8 +95,9 @@ def test_pointwise_backend_small_tiles_equal_one_tile(tmp_path):
 def test_receptive_field_differs_only_in_blend_zones(tmp_path):
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[:120, :120]
-    data = np.where((yy - 60) ** 2 + (xx - 50) ** 2 < 40**2, 800, 200) + rng.integers(0, 300,
-                                                                                      (120, 120))
+    data = np.where((yy - 60) ** 2 + (xx - 50) ** 2 < 40**2, 800, 200) + rng.integers(
+        0, 300, (120, 120)
+    )
     from conftest import write_raster
 
     src = write_raster(tmp_path / "blob.tif", data.astype("uint16")[None], transform=UTM)
@@ -135,8 +149,9 @@ def test_large_mask_is_a_tiled_cog_with_overviews(tmp_path, fake_backend):
     from conftest import write_raster
 
     src = write_raster(tmp_path / "big.tif", data, transform=UTM)
-    out = predict_raster(fake_backend(), src, tmp_path / "big_mask.tif", size=256, overlap=32,
-                         batch_size=16)
+    out = predict_raster(
+        fake_backend(), src, tmp_path / "big_mask.tif", size=256, overlap=32, batch_size=16
+    )
     with rasterio.open(out) as mask:
         assert mask.driver == "GTiff"
         assert mask.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
@@ -151,8 +166,14 @@ def test_dst_crs_reprojects_mask_with_nearest(tmp_path, fake_backend):
     from conftest import write_raster
 
     src = write_raster(tmp_path / "sq.tif", data, transform=UTM)
-    out = predict_raster(fake_backend(), src, tmp_path / "sq_4326.tif", dst_crs="EPSG:4326",
-                         overlap=8, probabilities_path=tmp_path / "sq_4326_p.tif")
+    out = predict_raster(
+        fake_backend(),
+        src,
+        tmp_path / "sq_4326.tif",
+        dst_crs="EPSG:4326",
+        overlap=8,
+        probabilities_path=tmp_path / "sq_4326_p.tif",
+    )
     transformer = __import__("pyproj").Transformer.from_crs(32614, 4326, always_xy=True)
     centre = transformer.transform(500400.0, 5199600.0)  # centre of the square
     outside = transformer.transform(500050.0, 5199950.0)
@@ -189,8 +210,9 @@ class PromptRecorder(ThreeClass):
 
     @classmethod
     def capabilities(cls) -> Capabilities:
-        return Capabilities(classes=("background", "water", "vegetation"), chip_size=32,
-                            needs_prompts=True)
+        return Capabilities(
+            classes=("background", "water", "vegetation"), chip_size=32, needs_prompts=True
+        )
 
     def prompt_settings(self):
         return {"index": "ndwi", "threshold": 0.0, "min_size": 1, "fill_holes": 0}
@@ -208,20 +230,23 @@ def test_prompts_reach_the_backend_per_chip(tmp_path):
     nir = np.where(lake, 20, 150).astype("uint8")
     from conftest import write_raster
 
-    src = write_raster(tmp_path / "lake.tif", np.stack([green, nir]), transform=UTM,
-                       descriptions=["green", "nir"])
+    src = write_raster(
+        tmp_path / "lake.tif", np.stack([green, nir]), transform=UTM, descriptions=["green", "nir"]
+    )
     backend = PromptRecorder()
     backend.seen = []
     predict_raster(backend, src, tmp_path / "auto.tif", overlap=0)  # default: auto
     assert len(backend.seen) == 4
     assert all((p.labels == 1).any() for p in backend.seen), "the lake touches every chip"
 
-    points = gpd.GeoDataFrame({"label": [1]}, geometry=[shapely.Point(500325.0, 5199675.0)],
-                              crs="EPSG:32614").to_crs(4326)
+    points = gpd.GeoDataFrame(
+        {"label": [1]}, geometry=[shapely.Point(500325.0, 5199675.0)], crs="EPSG:32614"
+    ).to_crs(4326)
     points.to_file(tmp_path / "prompts.gpkg", layer="points")
     backend.seen = []
-    predict_raster(backend, src, tmp_path / "file.tif", overlap=0,
-                   prompts=tmp_path / "prompts.gpkg")
+    predict_raster(
+        backend, src, tmp_path / "file.tif", overlap=0, prompts=tmp_path / "prompts.gpkg"
+    )
     with_points = [p for p in backend.seen if len(p.points)]
     assert len(with_points) == 1  # (32.5, 32.5) px lies in chip (1, 1) only
     np.testing.assert_allclose(with_points[0].points, [[0.5, 0.5]], atol=1e-3)
@@ -236,10 +261,14 @@ def test_plan_outputs_names_outputs_after_sources(tmp_path):
     assert job.vector == tmp_path / "out" / "water.gpkg"
     assert job.style == tmp_path / "out" / "water.qml"
     assert job.probabilities == tmp_path / "out" / "water_probabilities.tif"
-    jobs = plan_outputs(expand_sources([tmp_path]), tmp_path / "masks",
-                        vector=tmp_path / "polys", single_file=False)
+    jobs = plan_outputs(
+        expand_sources([tmp_path]), tmp_path / "masks", vector=tmp_path / "polys", single_file=False
+    )
     assert [j.mask.name for j in jobs] == ["a.tif", "b.tif"]
-    assert [j.vector for j in jobs] == [tmp_path / "polys" / "a.gpkg", tmp_path / "polys" / "b.gpkg"]
+    assert [j.vector for j in jobs] == [
+        tmp_path / "polys" / "a.gpkg",
+        tmp_path / "polys" / "b.gpkg",
+    ]
     with pytest.raises(OutputError, match="give an output folder"):
         plan_outputs([a, b], tmp_path / "one.tif")
     with pytest.raises(OutputError, match="one GeoPackage"):
@@ -260,7 +289,9 @@ def test_float_source_with_nan_nodata_reaches_the_backend_as_zeros(tmp_path):
 
         def predict(self, batch):
             assert np.isfinite(batch.images).all()
-            assert (batch.images[~np.broadcast_to(batch.valid[:, None], batch.images.shape)] == 0).all()
+            assert (
+                batch.images[~np.broadcast_to(batch.valid[:, None], batch.images.shape)] == 0
+            ).all()
             return super().predict(batch)
 
     data = np.random.default_rng(3).random((2, 50, 40)).astype(np.float32) * 900

@@ -356,7 +356,9 @@ def test_boxes_stop_at_the_raster_edge_and_the_prompts_file_carries_qgis_styles(
     data = np.full((4, 100, 90), 500, np.uint16)
     data[3] = 2500  # land: nir high
     data[1, 60:, 70:], data[3, 60:, 70:] = 1200, 300  # water in the bottom-right corner
-    path = make_raster("corner.tif", data=data, nodata=0, descriptions=["red", "green", "blue", "nir"])
+    path = make_raster(
+        "corner.tif", data=data, nodata=0, descriptions=["red", "green", "blue", "nir"]
+    )
     settings = PromptSettings(points=1, perturb=8, min_size=10, threshold=0.0)
     with open_raster(path) as source:
         features = prompt_features(source, settings, size=64, overlap=8)

@@ -44,7 +44,9 @@ def test_nodata_and_internal_mask(make_raster):
 
     mask = np.ones((8, 8), dtype=bool)
     mask[2:4, 2:4] = False
-    with open_raster(make_raster("m.tif", data=np.full((1, 8, 8), 3, np.uint8), internal_mask=mask)) as src:
+    with open_raster(
+        make_raster("m.tif", data=np.full((1, 8, 8), 3, np.uint8), internal_mask=mask)
+    ) as src:
         _, valid = src.read(Window(0, 0, 8, 8))
     np.testing.assert_array_equal(valid, mask)
 

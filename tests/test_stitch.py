@@ -81,8 +81,17 @@ def test_blender_refuses_chips_out_of_order():
 def test_strip_writer_writes_uneven_strips_in_whole_blocks(tmp_path):
     height, width = 1100, 70
     expected = (np.arange(height * width) % 251).astype(np.uint8).reshape(1, height, width)
-    profile = tiled_profile(dict(driver="GTiff", count=1, dtype="uint8", width=width,
-                                 height=height, crs="EPSG:32614", transform=TRANSFORM))
+    profile = tiled_profile(
+        dict(
+            driver="GTiff",
+            count=1,
+            dtype="uint8",
+            width=width,
+            height=height,
+            crs="EPSG:32614",
+            transform=TRANSFORM,
+        )
+    )
     with rasterio.open(tmp_path / "strips.tif", "w", **profile) as dst:
         writer = StripWriter(dst, block=512)
         top = 0
@@ -98,9 +107,18 @@ def test_write_cog_keeps_colours_tags_and_builds_overviews(tmp_path):
     mask = np.zeros((1, 1200, 1100), np.uint8)
     mask[:, 100:600, 200:700] = 1
     mask[:, :10] = 255
-    profile = tiled_profile(dict(driver="GTiff", count=1, dtype="uint8", width=1100,
-                                 height=1200, crs="EPSG:32614", transform=TRANSFORM,
-                                 nodata=255))
+    profile = tiled_profile(
+        dict(
+            driver="GTiff",
+            count=1,
+            dtype="uint8",
+            width=1100,
+            height=1200,
+            crs="EPSG:32614",
+            transform=TRANSFORM,
+            nodata=255,
+        )
+    )
     with rasterio.open(tmp_path / "tmp.tif", "w", **profile) as dst:
         dst.write(mask)
         write_class_metadata(dst, WATER)

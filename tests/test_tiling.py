@@ -20,12 +20,20 @@ ORIGIN_X, ORIGIN_Y, RES = 500000.0, 5200000.0, 10.0
 
 def pixel_box(col0, row0, col1, row1):
     """Map-coordinate box covering pixel columns col0..col1-1 and rows row0..row1-1."""
-    return box(ORIGIN_X + col0 * RES, ORIGIN_Y - row1 * RES, ORIGIN_X + col1 * RES, ORIGIN_Y - row0 * RES)
+    return box(
+        ORIGIN_X + col0 * RES, ORIGIN_Y - row1 * RES, ORIGIN_X + col1 * RES, ORIGIN_Y - row0 * RES
+    )
 
 
 def test_chips_hold_the_source_window_exactly(make_raster, invoke, tmp_path):
-    src = make_raster(bands=4, width=70, height=50, dtype="uint16", nodata=0,
-                      descriptions=["red", "green", "blue", "nir"])
+    src = make_raster(
+        bands=4,
+        width=70,
+        height=50,
+        dtype="uint16",
+        nodata=0,
+        descriptions=["red", "green", "blue", "nir"],
+    )
     out = tmp_path / "chips"
     invoke("tile", src, "-o", out, "--size", 32, "--overlap", 8, "-q")
     chips = sorted((out / "images").glob("*.tif"))
@@ -54,16 +62,37 @@ def test_vector_labels_land_on_the_right_pixels(make_raster, invoke, tmp_path):
     lake = pixel_box(10, 20, 30, 25)  # columns 10..29, rows 20..24
     field = pixel_box(40, 40, 50, 60)
     labels = tmp_path / "labels.gpkg"
-    gpd.GeoDataFrame({"class": ["water", "crops"]}, geometry=[lake, field], crs="EPSG:32614") \
-        .to_crs("EPSG:4326").to_file(labels)  # another CRS: reprojected before rasterizing
+    gpd.GeoDataFrame(
+        {"class": ["water", "crops"]}, geometry=[lake, field], crs="EPSG:32614"
+    ).to_crs("EPSG:4326").to_file(labels)  # another CRS: reprojected before rasterizing
     classes = tmp_path / "classes.json"
-    classes.write_text(json.dumps([
-        {"id": 0, "name": "background"}, {"id": 1, "name": "water", "color": "#0000ff"},
-        {"id": 2, "name": "crops"},
-    ]))
+    classes.write_text(
+        json.dumps(
+            [
+                {"id": 0, "name": "background"},
+                {"id": 1, "name": "water", "color": "#0000ff"},
+                {"id": 2, "name": "crops"},
+            ]
+        )
+    )
     out = tmp_path / "chips"
-    invoke("tile", src, "-o", out, "--size", 64, "--overlap", 0, "--labels", labels,
-           "--classes", classes, "--bands", "rgb", "-q")
+    invoke(
+        "tile",
+        src,
+        "-o",
+        out,
+        "--size",
+        64,
+        "--overlap",
+        0,
+        "--labels",
+        labels,
+        "--classes",
+        classes,
+        "--bands",
+        "rgb",
+        "-q",
+    )
     with rasterio.open(out / "labels" / "raster_r000_c000.tif") as chip:
         ids = chip.read(1)
         assert chip.nodata == 255 and chip.transform == Affine(10, 0, ORIGIN_X, 0, -10, ORIGIN_Y)
@@ -85,8 +114,12 @@ def test_raster_labels_on_another_grid(make_raster, invoke, tmp_path):
     label_data = np.zeros((1, 30, 30), np.uint8)
     label_data[0, 6:11, 6:11] = 3
     label_data[0, 1, 1] = 9  # nodata in the label file, over image pixels (0..1, 0..1)
-    labels = make_raster("classes.tif", data=label_data, nodata=9,
-                         transform=Affine(20, 0, ORIGIN_X - 20, 0, -20, ORIGIN_Y + 20))
+    labels = make_raster(
+        "classes.tif",
+        data=label_data,
+        nodata=9,
+        transform=Affine(20, 0, ORIGIN_X - 20, 0, -20, ORIGIN_Y + 20),
+    )
     out = tmp_path / "chips"
     invoke("tile", src, "-o", out, "--size", 40, "--overlap", 0, "--labels", labels, "-q")
     ids = rasterio.open(out / "labels" / "raster_r000_c000.tif").read(1)
@@ -99,8 +132,23 @@ def test_raster_labels_on_another_grid(make_raster, invoke, tmp_path):
 def test_footprints_splits_and_dataset(make_raster, invoke, tmp_path):
     src = make_raster(bands=4, width=96, dtype="uint8", nodata=0)
     out = tmp_path / "chips"
-    invoke("tile", src, "-o", out, "--size", 32, "--overlap", 0, "--val-fraction", 0.3,
-           "--seed", 7, "--bands", "naip", "-q")
+    invoke(
+        "tile",
+        src,
+        "-o",
+        out,
+        "--size",
+        32,
+        "--overlap",
+        0,
+        "--val-fraction",
+        0.3,
+        "--seed",
+        7,
+        "--bands",
+        "naip",
+        "-q",
+    )
     tiles = gpd.read_file(out / "tiles.gpkg", layer="tiles")
     assert len(tiles) == 9 and tiles.crs.to_epsg() == 32614
     for row in tiles.itertuples():
@@ -113,8 +161,23 @@ def test_footprints_splits_and_dataset(make_raster, invoke, tmp_path):
     assert info["counts"]["chips"] == 9 and info["crs"] == "EPSG:32614"
     # the same seed draws the same split; the reader sees what was written
     again = tmp_path / "again"
-    invoke("tile", src, "-o", again, "--size", 32, "--overlap", 0, "--val-fraction", 0.3,
-           "--seed", 7, "--bands", "naip", "-q")
+    invoke(
+        "tile",
+        src,
+        "-o",
+        again,
+        "--size",
+        32,
+        "--overlap",
+        0,
+        "--val-fraction",
+        0.3,
+        "--seed",
+        7,
+        "--bands",
+        "naip",
+        "-q",
+    )
     assert list(gpd.read_file(again / "tiles.gpkg", layer="tiles")["split"]) == list(tiles["split"])
     dataset = ChipDataset.open(out)
     assert len(dataset.split("val")) == (tiles["split"] == "val").sum()
@@ -135,19 +198,52 @@ def test_min_valid_resume_and_overwrite(make_raster, invoke, tmp_path):
     result = invoke("tile", src, "-o", out, "--size", 32, "--overlap", 0, "--min-valid", 0.5, "-q")
     assert "2 already complete" in result.output
     assert (out / "images" / chips[0]).stat().st_mtime_ns == first
-    invoke("tile", src, "-o", out, "--size", 32, "--overlap", 0, "--min-valid", 0.5, "--overwrite", "-q")
+    invoke(
+        "tile",
+        src,
+        "-o",
+        out,
+        "--size",
+        32,
+        "--overlap",
+        0,
+        "--min-valid",
+        0.5,
+        "--overwrite",
+        "-q",
+    )
     assert (out / "images" / chips[0]).stat().st_mtime_ns != first
     assert not list(out.rglob(".*part-*"))
 
 
 def test_dst_crs_and_metre_sizes(make_raster, invoke, tmp_path):
-    src = make_raster(width=60, crs="EPSG:4326", dtype="uint8", nodata=0,
-                      transform=Affine(0.0009, 0, -74.6, 0, -0.0009, -8.3))
+    src = make_raster(
+        width=60,
+        crs="EPSG:4326",
+        dtype="uint8",
+        nodata=0,
+        transform=Affine(0.0009, 0, -74.6, 0, -0.0009, -8.3),
+    )
     out = tmp_path / "chips"
-    invoke("tile", src, "-o", out, "--dst-crs", "EPSG:32718", "--resolution", 100,
-           "--size", "3200m", "--overlap", "0", "-q")
+    invoke(
+        "tile",
+        src,
+        "-o",
+        out,
+        "--dst-crs",
+        "EPSG:32718",
+        "--resolution",
+        100,
+        "--size",
+        "3200m",
+        "--overlap",
+        "0",
+        "-q",
+    )
     info = json.loads((out / "dataset.json").read_text())
-    assert info["crs"] == "EPSG:32718" and info["chip_size"] == 32 and info["resolution"] == [100, 100]
+    assert (
+        info["crs"] == "EPSG:32718" and info["chip_size"] == 32 and info["resolution"] == [100, 100]
+    )
     with rasterio.open(next((out / "images").glob("*.tif"))) as chip:
         assert chip.crs.to_epsg() == 32718 and chip.res == (100, 100)
 
@@ -157,7 +253,9 @@ def test_user_errors_exit_2_with_one_line_and_nothing_written(make_raster, invok
     far = tmp_path / "far.geojson"
     gpd.GeoDataFrame({"class": [1]}, geometry=[box(0, 0, 1, 1)], crs="EPSG:4326").to_file(far)
     named = tmp_path / "named.geojson"
-    gpd.GeoDataFrame({"class": ["lava"]}, geometry=[pixel_box(0, 0, 5, 5)], crs="EPSG:32614").to_file(named)
+    gpd.GeoDataFrame(
+        {"class": ["lava"]}, geometry=[pixel_box(0, 0, 5, 5)], crs="EPSG:32614"
+    ).to_file(named)
     classes = tmp_path / "classes.json"
     classes.write_text('{"0": "background", "1": "water"}')
     a_file = tmp_path / "file.txt"
@@ -193,11 +291,28 @@ def test_real_samples(invoke, tmp_path):
         chip = tiles.iloc[6]
         with rasterio.open(out / chip.chip) as c:
             window = Window(chip.col * 224, chip.row * 224, 256, 256)
-            np.testing.assert_array_equal(c.read(), parent.read(window=window, boundless=True, fill_value=0))
+            np.testing.assert_array_equal(
+                c.read(), parent.read(window=window, boundless=True, fill_value=0)
+            )
 
     out = tmp_path / "landsat"
-    invoke("tile", LANDSAT, "-o", out, "--bands", LANDSAT_BANDS, "--dst-crs", "EPSG:32718",
-           "--size", "11520m", "--overlap", "1440m", "--min-valid", 0.2, "-q")
+    invoke(
+        "tile",
+        LANDSAT,
+        "-o",
+        out,
+        "--bands",
+        LANDSAT_BANDS,
+        "--dst-crs",
+        "EPSG:32718",
+        "--size",
+        "11520m",
+        "--overlap",
+        "1440m",
+        "--min-valid",
+        0.2,
+        "-q",
+    )
     info = json.loads((out / "dataset.json").read_text())
     assert info["crs"] == "EPSG:32718" and info["bands"] == ["swir1", "nir", "red", "green"]
     assert info["counts"]["chips"] > 0
@@ -208,11 +323,16 @@ def test_polygons_written_by_geoseg_keep_their_class_names(make_raster, invoke, 
     labels = tmp_path / "landcover.gpkg"
     gpd.GeoDataFrame(
         {"class_id": [2, 5], "class_name": ["crops", "water"]},
-        geometry=[pixel_box(0, 0, 10, 10), pixel_box(20, 20, 30, 30)], crs="EPSG:32614",
+        geometry=[pixel_box(0, 0, 10, 10), pixel_box(20, 20, 30, 30)],
+        crs="EPSG:32614",
     ).to_file(labels, layer="classes")
     out = tmp_path / "chips"
     invoke("tile", src, "-o", out, "--size", 64, "--overlap", 0, "--labels", labels, "-q")
     info = json.loads((out / "dataset.json").read_text())
-    assert [(c["id"], c["name"]) for c in info["classes"]] == [(0, "background"), (2, "crops"), (5, "water")]
+    assert [(c["id"], c["name"]) for c in info["classes"]] == [
+        (0, "background"),
+        (2, "crops"),
+        (5, "water"),
+    ]
     ids = rasterio.open(out / "labels" / "raster_r000_c000.tif").read(1)
     assert ids[5, 5] == 2 and ids[25, 25] == 5 and ids[40, 40] == 0

@@ -77,11 +77,11 @@ class GeosegGroup(click.Group):
             # straight to stderr, so -v decides whether a user sees them.
             # A bounded block cache: GDAL's default (5% of RAM) lets peak memory grow with
             # the raster for no gain, since chips are read once (overlaps stay cached).
-            options = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MB << 20}
-            # Remote COGs: windowed range reads, retries; what the environment sets wins.
-            options.update(
-                {k: v for k, v in GDAL_HTTP_DEFAULTS.items() if k not in os.environ}
+            options = (
+                {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MB << 20}
             )
+            # Remote COGs: windowed range reads, retries; what the environment sets wins.
+            options.update({k: v for k, v in GDAL_HTTP_DEFAULTS.items() if k not in os.environ})
             with rasterio.Env(**options), sigterm_interrupts():
                 quiet_libtiff()  # a full disk is reported once, by geoseg, naming the file
                 return super().invoke(ctx)

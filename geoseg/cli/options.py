@@ -146,6 +146,8 @@ overwrite_option = click.option(
 def echo_skipped(path) -> None:
     """The one line for an output that is complete and kept (see ``overwrite_option``)."""
     click.echo(f"{path}: complete, skipped (--overwrite redoes it)", err=True)
+
+
 fail_fast_option = click.option(
     "--fail-fast",
     is_flag=True,

@@ -17,13 +17,23 @@ from geoseg.cli.options import (
 
 @click.command(short_help="Reproject a raster or a vector file.")
 @click.argument("src", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "dst", required=True, type=click.Path(path_type=Path),
-              help="Output file (.tif for rasters; .gpkg, .geojson, .shp, .fgb for vectors).")
+@click.option(
+    "-o",
+    "--output",
+    "dst",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output file (.tif for rasters; .gpkg, .geojson, .shp, .fgb for vectors).",
+)
 @click.option("--dst-crs", required=True, metavar="CRS", help="Target CRS, e.g. EPSG:32718.")
 @resolution_option
-@click.option("--resampling", default="nearest", show_default=True,
-              type=click.Choice(["nearest", "bilinear", "cubic", "average"]),
-              help="Raster resampling; keep nearest for class masks.")
+@click.option(
+    "--resampling",
+    default="nearest",
+    show_default=True,
+    type=click.Choice(["nearest", "bilinear", "cubic", "average"]),
+    help="Raster resampling; keep nearest for class masks.",
+)
 @overwrite_option
 @quiet_option
 def reproject(src, dst, dst_crs, resolution, resampling, overwrite, quiet):
@@ -41,7 +51,13 @@ def reproject(src, dst, dst_crs, resolution, resampling, overwrite, quiet):
         return
     with Progress("reprojecting", quiet=quiet, unit="block") as bar:
         out = run(
-            src, dst, dst_crs, resolution=resolution, resampling=resampling,
-            overwrite=True, on_start=bar.start, progress=bar.update,
+            src,
+            dst,
+            dst_crs,
+            resolution=resolution,
+            resampling=resampling,
+            overwrite=True,
+            on_start=bar.start,
+            progress=bar.update,
         )
     click.echo(str(out))

@@ -12,16 +12,38 @@ from geoseg.cli.predict import ChipProgress
 
 @click.command(short_help="Turn a class mask into polygons per class (GeoPackage).")
 @click.argument("mask", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="GeoPackage to write (default: <mask stem>.gpkg beside the mask).")
-@click.option("--min-area", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Drop polygons smaller than this many square metres.")
-@click.option("--simplify", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Simplification tolerance in metres (neighbouring polygons stay gap-free).")
-@click.option("--include-background", is_flag=True,
-              help="Also vectorize class 0 when it is the background class.")
-@click.option("--classes", type=click.Path(path_type=Path), default=None,
-              help="Classes JSON naming the ids (default: the names in the mask's tags).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="GeoPackage to write (default: <mask stem>.gpkg beside the mask).",
+)
+@click.option(
+    "--min-area",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Drop polygons smaller than this many square metres.",
+)
+@click.option(
+    "--simplify",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Simplification tolerance in metres (neighbouring polygons stay gap-free).",
+)
+@click.option(
+    "--include-background",
+    is_flag=True,
+    help="Also vectorize class 0 when it is the background class.",
+)
+@click.option(
+    "--classes",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Classes JSON naming the ids (default: the names in the mask's tags).",
+)
 @overwrite_option
 @quiet_option
 def vectorize(mask, output, min_area, simplify, include_background, classes, overwrite, quiet):
@@ -48,6 +70,13 @@ def vectorize(mask, output, min_area, simplify, include_background, classes, ove
         return
     class_map = ClassMap.read(classes) if classes else None
     with ChipProgress(mask.name, quiet=quiet, unit="window") as bar:
-        vectorize_mask(mask, output, classes=class_map, min_area=min_area, simplify=simplify,
-                       include_background=include_background, progress=bar)
+        vectorize_mask(
+            mask,
+            output,
+            classes=class_map,
+            min_area=min_area,
+            simplify=simplify,
+            include_background=include_background,
+            progress=bar,
+        )
     click.echo(f"polygons: {output}")

@@ -47,7 +47,9 @@ class EmbeddingCache:
     def key(self, image: np.ndarray) -> str:
         """The key of one uint8 chip (3, H, W) as fed to the model."""
         digest = hashlib.sha256()
-        digest.update(f"{self.checkpoint_id}:{self.input_size}:{image.shape}:{image.dtype}".encode())
+        digest.update(
+            f"{self.checkpoint_id}:{self.input_size}:{image.shape}:{image.dtype}".encode()
+        )
         digest.update(np.ascontiguousarray(image).tobytes())
         return digest.hexdigest()
 

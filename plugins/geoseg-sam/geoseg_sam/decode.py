@@ -130,7 +130,9 @@ def segment_chip(
     for prompt_set in chip_prompt_sets(prompts, frame, height, width):
 
         def tensor(array, dtype):
-            return None if array is None else torch.as_tensor(array, dtype=dtype, device=device)[None]
+            return (
+                None if array is None else torch.as_tensor(array, dtype=dtype, device=device)[None]
+            )
 
         logits, scores = run_decoder(
             model,

@@ -69,7 +69,9 @@ class BandStretch:
                 pixels = pixels[:, keep]
             samples.append(pixels.astype(np.float64))
         if not samples or sum(s.shape[1] for s in samples) == 0:
-            raise BandError("no valid pixels to measure the 8-bit stretch from; check the chips' nodata")
+            raise BandError(
+                "no valid pixels to measure the 8-bit stretch from; check the chips' nodata"
+            )
         values = np.concatenate(samples, axis=1)
         low = np.percentile(values, percentiles[0], axis=1)
         high = np.percentile(values, percentiles[1], axis=1)
@@ -117,7 +119,10 @@ class ModelInput:
         new_h, new_w = self.resized_shape(height, width)
         if (new_h, new_w) != (height, width):
             pixels = F.interpolate(
-                pixels, size=(new_h, new_w), mode="bilinear", align_corners=False,
+                pixels,
+                size=(new_h, new_w),
+                mode="bilinear",
+                align_corners=False,
                 antialias=new_h < height,
             )
         mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
@@ -138,7 +143,9 @@ class ModelInput:
     def low_res_shape(self, low_res: int, height: int, width: int) -> tuple[int, int]:
         """The part of a ``low_res`` square decoder mask that covers the chip (not padding)."""
         new_h, new_w = self.resized_shape(height, width)
-        return max(1, round(new_h * low_res / self.size)), max(1, round(new_w * low_res / self.size))
+        return max(1, round(new_h * low_res / self.size)), max(
+            1, round(new_w * low_res / self.size)
+        )
 
     def masks_to_chip(self, low_res: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Decoder logits (..., L, L) resampled onto the chip (..., height, width)."""
