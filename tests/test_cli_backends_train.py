@@ -28,8 +28,8 @@ def test_backends_lists_spectral_with_its_distribution(invoke):
     assert record["capabilities"]["trains"] is False
     index = next(option for option in record["options"] if option["name"] == "index")
     assert index["type"] == "auto|multi|ndwi|mndwi|ndvi|hsv" and index["default"] == "auto"
-    # Per-option help from the options' docstring; a backend that does not train: predict.
-    assert index["help"].startswith("Auto picks the method from the bands")
+    # Per-option help from the field; a backend that does not train: predict only.
+    assert index["help"].startswith("The method: auto picks it from the bands")
     assert {option["applies"] for option in record["options"]} == {"predict"}
     assert "index=auto" in record["details"]
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from geoseg.backend import Backend, Capabilities, ChipBatch
 from geoseg.classes import ClassInfo, ClassMap
+from geoseg.config import option
 from geoseg.errors import BackendError
 
 if TYPE_CHECKING:
@@ -69,21 +70,48 @@ class SpectralOptions:
     the threshold's histogram.
     """
 
-    index: Literal["auto", "multi", "ndwi", "mndwi", "ndvi", "hsv"] = "auto"
-    threshold: Literal["auto", "otsu"] | float = "auto"
-    reflectance_scale: float | None = None
-    reflectance_offset: float | None = None
-    class_name: str | None = None
-    softness: float = 0.0
-    min_size: int | str = 0
-    fill_holes: int | str = 0
-    opening: int = 0
-    closing: int = 0
-    hue: tuple[float, float] = (170.0, 260.0)
-    saturation: tuple[float, float] = (0.08, 1.0)
-    value: tuple[float, float] = (0.02, 1.0)
-    scale: float | None = None
-    max_windows: int = 256
+    index: Literal["auto", "multi", "ndwi", "mndwi", "ndvi", "hsv"] = option(
+        "auto",
+        help="The method: auto picks it from the bands (multi with green, nir and swir1; "
+        "ndwi with green and nir; hsv with red, green and blue only), or multi, ndwi, "
+        "mndwi, ndvi or hsv.",
+    )
+    threshold: Literal["auto", "otsu"] | float = option(
+        "auto",
+        help="Single indices only: auto (Otsu's where the raster's histogram is bimodal, "
+        "else 0, or 0.5 for hsv), otsu, or an index value; pixels above it are the class.",
+    )
+    reflectance_scale: float | None = option(
+        None,
+        help="Digital number to reflectance: value * scale + offset (default: the raster's "
+        "metadata, x 10000 for 16-bit integers); e.g. 0.0000275 for Landsat C2 L2.",
+    )
+    reflectance_offset: float | None = option(
+        None,
+        help="Added after the scale, in reflectance: -0.1 for Sentinel-2 L2A from baseline "
+        "04.00, -0.2 for Landsat C2 L2.",
+    )
+    class_name: str | None = option(
+        None, help="The class name in the output (default: vegetation for ndvi, water)."
+    )
+    softness: float = option(
+        0.0, help="0: hard 0/1 probabilities; > 0: sigmoid(margin / softness)."
+    )
+    min_size: int | str = option(
+        0, help="Remove components smaller than this: pixels, or m2 (e.g. 5000m2). Per chip."
+    )
+    fill_holes: int | str = option(
+        0, help="Fill holes smaller than this: pixels, or m2. Per chip, not seam-free."
+    )
+    opening: int = option(0, help="Morphological opening, disk radius in pixels. Per chip.")
+    closing: int = option(0, help="Morphological closing, disk radius in pixels. Per chip.")
+    hue: tuple[float, float] = option((170.0, 260.0), help="hsv: hue range in degrees.")
+    saturation: tuple[float, float] = option((0.08, 1.0), help="hsv: saturation range, 0..1.")
+    value: tuple[float, float] = option((0.02, 1.0), help="hsv: value range, 0..1.")
+    scale: float | None = option(
+        None, help="hsv: digital number of full brightness (default: the dtype's maximum)."
+    )
+    max_windows: int = option(256, help="Windows sampled for the threshold's histogram.")
 
     def __post_init__(self) -> None:
         if self.index not in INDEX_BANDS:
