@@ -162,8 +162,15 @@ class Backend:
 
     @classmethod
     def capabilities(cls) -> Capabilities:
-        """Static capabilities of the backend."""
+        """What the backend can do with its default options and no model loaded: what
+        ``geoseg backends`` lists. Override as a classmethod."""
         return Capabilities()
+
+    def loaded_capabilities(self) -> Capabilities:
+        """What this instance does, given its options and, after ``load``, its model (the
+        bands it was trained on, its chip size, its classes). The engine, ``geoseg train``
+        and ``classes()`` read this one; the default is the static ``capabilities()``."""
+        return type(self).capabilities()
 
     def load(self, model: str | None, device: str = "auto") -> None:
         """Load weights from a hub id or local folder (None: the backend's default).
@@ -173,7 +180,7 @@ class Backend:
 
     def classes(self) -> ClassMap:
         """Output classes, in the channel order of ``predict``'s result. Valid after load."""
-        names = self.capabilities().classes
+        names = self.loaded_capabilities().classes
         if not names:
             raise NotImplementedError(f"backend {self.name} must implement classes()")
         return ClassMap.from_names(names)

@@ -149,7 +149,7 @@ def _plan(
     backend: Backend, source: RasterSource, size, overlap
 ) -> tuple[tuple[str, ...] | None, TileGrid]:
     """The bands the backend reads (None: all) and the chip grid over ``source``."""
-    capabilities = backend.capabilities()
+    capabilities = backend.loaded_capabilities()
     names = tuple(capabilities.bands) or None
     if names:
         source.band_map.indexes(names, source=str(source.path))
@@ -288,7 +288,7 @@ def _cache_bytes(source: RasterSource, grid: TileGrid) -> int:
 
 
 def _prompt_source(backend: Backend, source: RasterSource, prompts: str | Path | None):
-    if not backend.capabilities().needs_prompts:
+    if not backend.loaded_capabilities().needs_prompts:
         if prompts is not None:
             log.warning(
                 "backend %s takes no prompts; --prompts %s is ignored", backend.name, prompts

@@ -135,7 +135,7 @@ def train(
     from geoseg.plugins import backend_infos, create_backend
 
     backend = create_backend(backend_name, options, config_file)
-    if not backend.capabilities().trains:
+    if not backend.loaded_capabilities().trains:
         trainers = [
             name for name, info in backend_infos().items() if info.backend.capabilities().trains
         ]
@@ -155,7 +155,7 @@ def train(
             f"{chips_dir}: the chips have no labels; make the chip set with geoseg tile SRC "
             f"-o {chips_dir} --labels LABELS"
         )
-    wanted = backend.capabilities().bands
+    wanted = backend.loaded_capabilities().bands
     missing = [name for name in wanted if name not in dataset.band_names]
     if missing:
         raise BandError(

@@ -51,15 +51,6 @@ class OnnxOptions:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
 
 
-class _capabilities:
-    """``capabilities()`` on the class gives the defaults; on a loaded instance, the model's."""
-
-    def __get__(self, instance, owner):
-        if instance is None or instance.info is None:
-            return lambda: Capabilities(binary=False, chip_size=512)
-        return instance.loaded_capabilities
-
-
 class OnnxBackend(Backend):
     """Any ONNX segmentation model: geoseg exports and Deepness-style models."""
 
@@ -69,7 +60,6 @@ class OnnxBackend(Backend):
         "CPU by default, CUDA with onnxruntime-gpu; no torch needed"
     )
     Options = OnnxOptions
-    capabilities = _capabilities()
 
     def __init__(self, options: OnnxOptions | None = None) -> None:
         super().__init__(options)
@@ -77,8 +67,16 @@ class OnnxBackend(Backend):
         self.info: Any = None
         self.path: Path | None = None
 
+    @classmethod
+    def capabilities(cls) -> Capabilities:
+        """Multi-class; bands, classes and chip size come from the model's metadata."""
+        return Capabilities(binary=False, chip_size=512)
+
     def loaded_capabilities(self) -> Capabilities:
+        """After ``load``: the bands, binary-ness and chip size the model file records."""
         info = self.info
+        if info is None:
+            return self.capabilities()
         return Capabilities(
             binary=len(info.classes) == 2,
             bands=tuple(info.bands or ()),

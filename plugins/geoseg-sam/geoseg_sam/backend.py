@@ -33,23 +33,12 @@ STRETCH_WINDOWS = 16
 STRETCH_WINDOW_SIZE = 256
 
 
-class _CapabilitiesDescriptor:
-    """``capabilities()`` on the class gives the defaults; on an instance, its bands."""
-
-    def __get__(self, instance: SamBackend | None, owner: type[SamBackend]):
-        if instance is None:
-            return lambda: owner.default_capabilities()
-        return instance.instance_capabilities
-
-
 class SamBackend(Backend):
     name = "sam"
     description = (
         "Segment Anything: frozen encoders, trainable mask decoder, spectral or file prompts"
     )
     Options = SamOptions
-
-    capabilities = _CapabilitiesDescriptor()  # type: ignore[assignment]
 
     def __init__(self, options: SamOptions | None = None) -> None:
         super().__init__(options)
@@ -64,7 +53,7 @@ class SamBackend(Backend):
         self.bands: tuple[str, ...] = self.options.bands
 
     @classmethod
-    def default_capabilities(cls) -> Capabilities:
+    def capabilities(cls) -> Capabilities:
         return Capabilities(
             binary=True,
             needs_prompts=True,
@@ -73,7 +62,7 @@ class SamBackend(Backend):
             chip_size=CHIP_SIZE,
         )
 
-    def instance_capabilities(self) -> Capabilities:
+    def loaded_capabilities(self) -> Capabilities:
         """Capabilities with the bands this instance reads (the trained model's, once loaded)."""
         return Capabilities(
             binary=True,

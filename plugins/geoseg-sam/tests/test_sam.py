@@ -517,7 +517,7 @@ def test_false_colour_bands_come_back_from_the_model(workspace, tmp_path):
     assert "water IoU" in line and line.endswith("(best so far, saved)")
     backend = SamBackend(SamOptions())
     backend.load(str(out), "cpu")
-    assert backend.capabilities().bands == ("nir", "red", "green")
+    assert backend.loaded_capabilities().bands == ("nir", "red", "green")
     assert backend.prompt_settings()["boxes"] is True
     shutil.rmtree(out)
 

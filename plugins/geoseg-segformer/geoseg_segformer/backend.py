@@ -6,7 +6,6 @@ checkpoint of both); a model folder records which name trained it.
 
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,17 +18,6 @@ from geoseg.errors import BackendError, BandError, WeightsError
 from geoseg_segformer.options import SegmentationOptions
 
 log = logging.getLogger(__name__)
-
-
-class _class_or_instance:
-    """A method that gets the class when called on the class, the instance otherwise."""
-
-    def __init__(self, func) -> None:
-        self.func = func
-        functools.update_wrapper(self, func)
-
-    def __get__(self, instance, owner):
-        return functools.partial(self.func, owner if instance is None else instance)
 
 
 class HFSegmentationBackend(Backend):
@@ -50,15 +38,18 @@ class HFSegmentationBackend(Backend):
         self._chip_size: int | None = None
         self._device = "cpu"
 
-    @_class_or_instance
-    def capabilities(self_or_cls) -> Capabilities:  # noqa: N805
-        """Multi-class, trains; after ``load``, ``bands`` are the model's bands in input order
-        and ``chip_size`` the size it was trained on (ViT-style position embeddings)."""
-        loaded = not isinstance(self_or_cls, type)
-        settings = getattr(self_or_cls, "_settings", None) if loaded else None
-        bands = tuple(settings.band_names) if settings else ()
-        chip_size = (getattr(self_or_cls, "_chip_size", None) if loaded else None) or 512
-        return Capabilities(binary=False, trains=True, bands=bands, chip_size=chip_size)
+    @classmethod
+    def capabilities(cls) -> Capabilities:
+        """Multi-class, trains; any bands (the model's, once loaded)."""
+        return Capabilities(binary=False, trains=True, chip_size=512)
+
+    def loaded_capabilities(self) -> Capabilities:
+        """After ``load``: ``bands`` are the model's bands in input order and ``chip_size``
+        the size it was trained on (ViT-style position embeddings)."""
+        bands = tuple(self._settings.band_names) if self._settings else ()
+        return Capabilities(
+            binary=False, trains=True, bands=bands, chip_size=self._chip_size or 512
+        )
 
     def load(self, model: str | None, device: str = "auto") -> None:
         if not model:

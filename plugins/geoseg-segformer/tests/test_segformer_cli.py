@@ -214,7 +214,7 @@ def test_full_fine_tuning_saves_a_plain_model_that_predicts_on_a_chip_batch(land
     backend = create_backend("segformer")
     assert backend.capabilities().trains and not backend.capabilities().bands
     backend.load(str(model_dir), "cpu")
-    assert backend.capabilities().bands == ("red", "green", "blue", "nir")
+    assert backend.loaded_capabilities().bands == ("red", "green", "blue", "nir")
     assert backend.classes().names == ("other", "water", "vegetation")
     chips = ChipDataset.open(land_cover.chips)
     images, valid = zip(*(chips.read_image(r) for r in chips.records[:3]), strict=True)

@@ -11,7 +11,6 @@ on the result for seam-free size filtering instead.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -193,17 +192,6 @@ def _parse_area(value: int | str, name: str):
         raise ValueError(str(exc)) from None
 
 
-class _class_or_instance:
-    """A method that receives the instance when there is one, else the class."""
-
-    def __init__(self, func: Any) -> None:
-        self.func = func
-        functools.update_wrapper(self, func)
-
-    def __get__(self, instance: Any, owner: type) -> Any:
-        return functools.partial(self.func, owner if instance is None else instance)
-
-
 class SpectralBackend(Backend):
     """Water (or vegetation) from the water method fixed once per raster (geoseg.water).
 
@@ -234,10 +222,17 @@ class SpectralBackend(Backend):
         self._fill_holes = 0
         self._scale: float | None = self.options.scale
 
-    @_class_or_instance
-    def capabilities(self_or_cls: Any) -> Capabilities:
-        """Binary, no prompts, no training; bands of the chosen index (all for auto)."""
-        options = self_or_cls.options if isinstance(self_or_cls, Backend) else SpectralOptions()
+    @classmethod
+    def capabilities(cls) -> Capabilities:
+        """Binary, no prompts, no training; bands of the default index (auto: all)."""
+        return cls._capabilities(SpectralOptions())
+
+    def loaded_capabilities(self) -> Capabilities:
+        """As ``capabilities()``, with the bands of this instance's index and target."""
+        return self._capabilities(self.options)
+
+    @staticmethod
+    def _capabilities(options: SpectralOptions) -> Capabilities:
         return Capabilities(
             binary=True,
             classes=("background", options.target),

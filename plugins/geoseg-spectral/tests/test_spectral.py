@@ -45,7 +45,7 @@ def green_nir(ndwi: np.ndarray) -> np.ndarray:
 
 def predict_window(backend, source, window_size: int, names=None) -> np.ndarray:
     """Class ids of the whole raster predicted as one chip of ``window_size``."""
-    names = names or backend.capabilities().bands or source.band_names
+    names = names or backend.loaded_capabilities().bands or source.band_names
     (tile,) = tile_grid(source, window_size, 0)
     chip = source.read_chip(tile, names)
     batch = ChipBatch(
@@ -160,7 +160,7 @@ def test_ndvi_gives_vegetation_and_hsv_finds_blue_water(tmp_path):
     red = np.where(vegetation, 500, 1000).astype(np.uint16)
     path = write(tmp_path / "ndvi.tif", np.stack([red, nir]), ("red", "nir"))
     backend = create_backend("spectral", ["index=ndvi", "threshold=0.2"])
-    assert backend.capabilities().bands == ("nir", "red")
+    assert backend.loaded_capabilities().bands == ("nir", "red")
     assert backend.classes().names == ("background", "vegetation")
     with open_raster(path) as source:
         backend.begin_raster(source)
