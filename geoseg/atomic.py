@@ -35,6 +35,10 @@ from xml.etree import ElementTree
 
 from geoseg.errors import IncompleteOutputError, OutputBusyError, OutputError
 
+__all__ = [
+    "atomic_output",
+]
+
 PART_MARK = ".part-"
 LOCK_SUFFIX = ".lock"
 

@@ -13,7 +13,7 @@ through writing one.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -25,9 +25,20 @@ from geoseg.errors import BackendError
 if TYPE_CHECKING:
     from geoseg.dataset import ChipDataset
     from geoseg.export import ExportedModel, ExportSettings
+    from geoseg.prompts import Prompts
     from geoseg.raster import RasterSource
     from geoseg.training import TrainingTask
     from geoseg.windows import Tile
+
+__all__ = [
+    "Backend",
+    "Capabilities",
+    "ChipBatch",
+    "TrainSettings",
+    "NoOptions",
+    "CONTRACT_VERSION",
+    "resolve_device",
+]
 
 #: Version of this contract. A backend declares the version it was written for in
 #: ``Backend.contract_version``; the plugin manager refuses a mismatch with a clear message.
@@ -69,37 +80,13 @@ class Capabilities:
 
 
 @dataclass
-class Prompts:
-    """Prompts for one chip, in pixel coordinates of the chip (x = column, y = row).
-
-    ``points`` (K, 2) float32 x, y of pixel centres; ``labels`` (K,) int64, 1 positive and
-    0 negative; ``boxes`` (M, 4) float32 x0, y0, x1, y1 (inclusive-exclusive pixel edges).
-    """
-
-    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
-    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
-    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
-
-    def __post_init__(self) -> None:
-        self.points = np.asarray(self.points, dtype=np.float32).reshape(-1, 2)
-        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
-        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
-        if len(self.points) != len(self.labels):
-            raise ValueError(f"{len(self.points)} points but {len(self.labels)} labels")
-
-    @property
-    def empty(self) -> bool:
-        return not (self.labels == 1).any() and len(self.boxes) == 0
-
-
-@dataclass
 class ChipBatch:
     """A batch of chips handed to ``Backend.predict``.
 
     ``images`` (N, B, H, W) float32 holds the raw source values of the bands named in
     ``band_names`` (invalid and padded pixels hold 0); ``valid`` (N, H, W) bool marks
     real pixels. ``tiles`` georeference each chip. ``prompts`` is None unless the backend
-    needs prompts; then it holds one ``Prompts`` per chip.
+    needs prompts; then it holds one ``geoseg.prompts.Prompts`` per chip.
     """
 
     images: np.ndarray
@@ -229,6 +216,15 @@ class Backend:
         metadata, checks the graph and moves it to its final name (``geoseg.export``).
         """
         raise BackendError(f"backend {self.name!r} does not export to ONNX")
+
+
+def __getattr__(name: str) -> Any:
+    # Contract v1 had Prompts here; it now lives with the prompt code.
+    if name == "Prompts":
+        from geoseg.prompts import Prompts
+
+        return Prompts
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def resolve_device(name: str = "auto") -> str:

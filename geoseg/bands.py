@@ -14,6 +14,13 @@ from dataclasses import dataclass
 
 from geoseg.errors import BandError
 
+__all__ = [
+    "BandMap",
+    "band_map",
+    "BAND_PRESETS",
+    "KNOWN_BAND_NAMES",
+]
+
 #: Presets, in file order. Landsat and Sentinel-2 presets name the bands of the sensor's
 #: standard band order. A file needs at least ``PRESET_MIN_BANDS`` bands (default: all of
 #: them) for the preset to apply; Landsat files often hold only the reflective bands 1-7.

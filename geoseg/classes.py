@@ -14,6 +14,12 @@ from pathlib import Path
 
 from geoseg.errors import ClassError
 
+__all__ = [
+    "ClassMap",
+    "ClassInfo",
+    "IGNORE_INDEX",
+]
+
 IGNORE_INDEX = 255
 
 #: Colours for classes that do not name one; water-like names get blue.

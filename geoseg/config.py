@@ -24,6 +24,10 @@ import yaml
 
 from geoseg.errors import InputFileError, OptionError
 
+__all__ = [
+    "option",
+]
+
 #: The commands an option applies to.
 APPLIES = ("train", "predict", "both")
 

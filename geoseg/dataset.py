@@ -21,6 +21,11 @@ import numpy as np
 from geoseg.classes import ClassMap
 from geoseg.errors import InputFileError
 
+__all__ = [
+    "ChipDataset",
+    "ChipRecord",
+]
+
 DATASET_FILE = "dataset.json"
 TILES_FILE = "tiles.gpkg"
 TILES_LAYER = "tiles"

@@ -7,6 +7,22 @@ escapes is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+__all__ = [
+    "GeosegError",
+    "InputFileError",
+    "MissingCRSError",
+    "BandError",
+    "LabelsError",
+    "ClassError",
+    "OutputError",
+    "OutputBusyError",
+    "IncompleteOutputError",
+    "SetupError",
+    "OptionError",
+    "BackendError",
+    "WeightsError",
+]
+
 
 class GeosegError(Exception):
     """Root of every error caused by input, options or environment, not by a bug."""

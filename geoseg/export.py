@@ -30,6 +30,15 @@ from typing import Any
 from geoseg.classes import ClassMap
 from geoseg.errors import BackendError, OptionError, WeightsError
 
+__all__ = [
+    "ExportSettings",
+    "ExportedModel",
+    "OnnxModelInfo",
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "read_metadata",
+]
+
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 #: Opset of the graphs torch's exporter writes by default (its lowest for dynamo export).

@@ -20,6 +20,10 @@ import pluggy
 if TYPE_CHECKING:
     from geoseg.backend import Backend
 
+__all__ = [
+    "hookimpl",
+]
+
 PROJECT_NAME = "geoseg"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)

@@ -26,6 +26,14 @@ from geoseg.windows import BLOCK, block_windows
 if TYPE_CHECKING:
     from geoseg.raster import RasterSource
 
+__all__ = [
+    "INDICES",
+    "required_bands",
+    "compute_index",
+    "normalized_difference",
+    "hsv_score",
+]
+
 #: index name -> band names it needs, in the order of the formula.
 INDICES: dict[str, tuple[str, ...]] = {
     "ndwi": ("green", "nir"),

@@ -26,6 +26,12 @@ if TYPE_CHECKING:
     from geoseg.backend import Backend
     from geoseg.training import TrainingRun, TrainingTask
 
+__all__ = [
+    "MANIFEST_FILE",
+    "read_manifest",
+    "check_bands",
+]
+
 MANIFEST_FILE = "geoseg_model.json"
 MANIFEST_VERSION = 1
 

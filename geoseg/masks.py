@@ -22,6 +22,11 @@ from geoseg.windows import BLOCK, Area, block_windows
 if TYPE_CHECKING:
     from geoseg.raster import RasterSource
 
+__all__ = [
+    "area_pixels",
+    "clean_mask",
+]
+
 log = logging.getLogger(__name__)
 
 #: Histogram bins over the index range; 0.001 wide for normalised differences.

@@ -28,6 +28,16 @@ from geoseg import hookspecs
 from geoseg.backend import CONTRACT_VERSION, Backend
 from geoseg.errors import BackendError, OptionError
 
+__all__ = [
+    "get_plugin_manager",
+    "reset_plugin_manager",
+    "create_backend",
+    "backend_class",
+    "backends",
+    "broken_plugins",
+    "BrokenPlugin",
+]
+
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "geoseg"

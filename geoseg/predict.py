@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -39,7 +40,7 @@ from geoseg.atomic import (
     verify_raster,
     write_errors,
 )
-from geoseg.backend import Backend, ChipBatch, Prompts
+from geoseg.backend import Backend, ChipBatch
 from geoseg.classes import IGNORE_INDEX, ClassMap
 from geoseg.errors import BackendError, GeosegError, InputFileError, OptionError, OutputError
 from geoseg.raster import Chip, RasterSource, open_dataset, open_raster, parse_crs
@@ -58,6 +59,9 @@ from geoseg.stitch import (
 )
 from geoseg.styles import write_class_metadata, write_raster_qml
 from geoseg.windows import Tile, TileGrid, tile_grid
+
+if TYPE_CHECKING:
+    from geoseg.prompts import Prompts
 
 log = logging.getLogger(__name__)
 

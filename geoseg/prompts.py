@@ -1,6 +1,6 @@
 """Prompts for promptable segmentation models: control points and boxes from water masks.
 
-A prompt set for one chip is a ``geoseg.backend.Prompts`` in pixel coordinates of the
+A prompt set for one chip is a ``Prompts`` in pixel coordinates of the
 chip: points at pixel centres (``x = col + 0.5``, ``y = row + 0.5``, so that
 ``chip_transform * (x, y)`` is the map position of the centre) and boxes on pixel edges.
 
@@ -26,7 +26,6 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from geoseg.atomic import atomic_output
-from geoseg.backend import Prompts
 from geoseg.errors import InputFileError, MissingCRSError, OptionError, OutputError
 from geoseg.indices import required_bands
 from geoseg.masks import (
@@ -43,9 +42,40 @@ from geoseg.windows import Tile, tile_grid
 if TYPE_CHECKING:
     from geoseg.raster import Chip, RasterSource
 
+__all__ = [
+    "Prompts",
+    "PromptSettings",
+    "ChipPrompts",
+    "sample_prompts",
+]
+
 log = logging.getLogger(__name__)
 
 PER_CHOICES = ("component", "chip")
+
+
+@dataclass
+class Prompts:
+    """Prompts for one chip, in pixel coordinates of the chip (x = column, y = row).
+
+    ``points`` (K, 2) float32 x, y of pixel centres; ``labels`` (K,) int64, 1 positive and
+    0 negative; ``boxes`` (M, 4) float32 x0, y0, x1, y1 (inclusive-exclusive pixel edges).
+    """
+
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+
+    def __post_init__(self) -> None:
+        self.points = np.asarray(self.points, dtype=np.float32).reshape(-1, 2)
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        if len(self.points) != len(self.labels):
+            raise ValueError(f"{len(self.points)} points but {len(self.labels)} labels")
+
+    @property
+    def empty(self) -> bool:
+        return not (self.labels == 1).any() and len(self.boxes) == 0
 
 
 @dataclass(frozen=True)

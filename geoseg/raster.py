@@ -28,6 +28,12 @@ from geoseg.bands import BandMap, band_map
 from geoseg.errors import InputFileError, MissingCRSError, OptionError, SetupError
 from geoseg.windows import Tile
 
+__all__ = [
+    "RasterSource",
+    "Chip",
+    "open_raster",
+]
+
 RESAMPLING = {
     "nearest": Resampling.nearest,
     "bilinear": Resampling.bilinear,

@@ -48,6 +48,20 @@ from geoseg.errors import BandError, InputFileError, LabelsError, OptionError
 if TYPE_CHECKING:
     from geoseg.backend import Backend, TrainSettings
 
+__all__ = [
+    "TrainingOptions",
+    "TrainingTask",
+    "TrainingRun",
+    "TrainingProgress",
+    "Normalization",
+    "ChipSamples",
+    "augment_chip",
+    "confusion_matrix",
+    "validation_scores",
+    "options_json",
+    "train_backend",
+]
+
 log = logging.getLogger(__name__)
 
 HISTORY_FILE = "history.json"

@@ -38,6 +38,14 @@ from geoseg.indices import INDEX_RANGES, INDICES, check_bands, hsv_score, normal
 if TYPE_CHECKING:
     from geoseg.raster import RasterSource
 
+__all__ = [
+    "choose_method",
+    "fit_water_rule",
+    "WaterRule",
+    "WaterEvidence",
+    "Reflectance",
+]
+
 log = logging.getLogger(__name__)
 
 #: Rules a user can ask for; ``auto`` picks one from the raster's bands.

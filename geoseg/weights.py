@@ -14,6 +14,11 @@ from urllib.parse import urlparse
 
 from geoseg.errors import WeightsError
 
+__all__ = [
+    "refuse_pickles",
+    "hub_unreachable",
+]
+
 #: Seconds a probe of the hub may take before geoseg calls it unreachable.
 HUB_PROBE_TIMEOUT = 3.0
 #: Suffixes of PyTorch pickle files (weights, optimizer states, whole checkpoints).

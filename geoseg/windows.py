@@ -20,6 +20,11 @@ from rasterio.windows import Window
 
 from geoseg.errors import OptionError
 
+__all__ = [
+    "Tile",
+    "Area",
+]
+
 #: Block size (pixels) of every window-by-window pass over a raster: index files,
 #: reprojection, evaluation, histograms. Square, and a multiple of 16 (GeoTIFF tiles).
 BLOCK = 512

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from geoseg.backend import Prompts
+from geoseg.prompts import Prompts
 from geoseg_sam.preprocess import ModelInput
 
 #: SAM's label for padding points, ignored by the prompt encoder.

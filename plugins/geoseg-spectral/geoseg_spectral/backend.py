@@ -184,7 +184,7 @@ class SpectralOptions:
 
 def _parse_area(value: int | str, name: str):
     from geoseg.errors import OptionError
-    from geoseg.masks import Area
+    from geoseg.windows import Area
 
     try:
         return Area.parse(value, what=name)
