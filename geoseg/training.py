@@ -42,6 +42,7 @@ import numpy as np
 
 from geoseg.atomic import atomic_output, ensure_folder
 from geoseg.classes import IGNORE_INDEX, ClassMap
+from geoseg.config import option
 from geoseg.dataset import ChipDataset, ChipRecord
 from geoseg.errors import BandError, InputFileError, LabelsError, OptionError
 
@@ -79,32 +80,58 @@ PRECISIONS = ("auto", "no", "fp16", "bf16")
 
 @dataclass(frozen=True)
 class TrainingOptions:
-    """Options every trainable backend shares (``--option key=value``).
+    """Options every trainable backend shares (``--option key=value``); each says what it
+    does in its ``help``, which ``geoseg backends NAME`` prints."""
 
-    ``warmup``: fraction of the optimizer steps with a linearly rising learning rate, then
-    ``schedule`` (cosine or linear) decays it to 0. ``max_grad_norm``: gradient clipping
-    (0: off). ``accumulate``: batches per optimizer step. ``mixed_precision``: auto (bf16
-    or fp16 on a GPU, none on the CPU; under ``accelerate launch`` the launcher's choice),
-    no, fp16 or bf16. ``augment``: random flips and 90-degree turns of image and label, and
-    per-band brightness/contrast ``jitter`` in standard deviations of each band.
-    ``monitor``: the metric that picks the best epoch (mean_iou, overall_accuracy or
-    val_loss); ``patience``: stop after this many epochs without a better one (0: never).
-    ``val_fraction``: share of the training chips held out for validation when the chip
-    set has no val split. ``num_workers``: data-loading processes.
-    """
-
-    weight_decay: float = 0.01
-    warmup: float = 0.05
-    schedule: Literal["cosine", "linear"] = "cosine"
-    max_grad_norm: float = 1.0
-    accumulate: int = 1
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
-    augment: bool = True
-    jitter: float = 0.1
-    monitor: Literal["mean_iou", "overall_accuracy", "val_loss"] = "mean_iou"
-    patience: int = 0
-    val_fraction: float = 0.2
-    num_workers: int = 0
+    weight_decay: float = option(
+        0.01, applies="train", help="AdamW weight decay on the trained weights."
+    )
+    warmup: float = option(
+        0.05,
+        applies="train",
+        help="Fraction of the optimizer steps with a linearly rising learning rate.",
+    )
+    schedule: Literal["cosine", "linear"] = option(
+        "cosine",
+        applies="train",
+        help="How the learning rate decays to 0 after the warm-up: cosine or linear.",
+    )
+    max_grad_norm: float = option(1.0, applies="train", help="Gradient clipping (0: off).")
+    accumulate: int = option(1, applies="train", help="Batches per optimizer step.")
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = option(
+        "auto",
+        applies="train",
+        help="auto (bf16 or fp16 on a GPU, none on the CPU; under accelerate launch the "
+        "launcher's choice), no, fp16 or bf16.",
+    )
+    augment: bool = option(
+        True,
+        applies="train",
+        help="Random flips and 90-degree turns of image and label together, and per-band "
+        "brightness/contrast jitter.",
+    )
+    jitter: float = option(
+        0.1,
+        applies="train",
+        help="Size of augment's per-band brightness/contrast jitter, in standard deviations "
+        "of each band (0: none).",
+    )
+    monitor: Literal["mean_iou", "overall_accuracy", "val_loss"] = option(
+        "mean_iou",
+        applies="train",
+        help="The validation metric that picks the best epoch: mean_iou, overall_accuracy "
+        "or val_loss.",
+    )
+    patience: int = option(
+        0, applies="train", help="Stop after this many epochs without a better one (0: never)."
+    )
+    val_fraction: float = option(
+        0.2,
+        applies="train",
+        help="Share of the training chips held out for validation when the chip set has no "
+        "val split.",
+    )
+    num_workers: int = option(0, applies="train", help="Data-loading processes.")
 
     def __post_init__(self) -> None:
         if not 0 <= self.weight_decay < 1:

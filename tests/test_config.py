@@ -149,7 +149,7 @@ def test_options_explain_themselves_and_errors_name_the_backend():
     assert records["rate"]["applies"] == "train"
     assert records["steps"]["help"] == "Optimizer steps per chip."  # metadata wins
     assert records["cutoff"]["applies"] == "predict"
-    # The training core's options apply to geoseg train, with the core's docstring as help.
+    # The training core's options apply to geoseg train, each with its own help.
     assert records["warmup"]["applies"] == "train"
     assert records["warmup"]["help"].startswith("Fraction of the optimizer steps")
     assert {r["applies"] for r in describe_options(LakeOptions, trains=False)} == {"predict"}
@@ -164,3 +164,18 @@ def test_options_explain_themselves_and_errors_name_the_backend():
     with pytest.raises(OptionError) as caught:
         build_options(LakeOptions, ["steps=0"], owner="backend 'lake'")
     assert str(caught.value) == "backend 'lake': option steps must be at least 1, got 0"
+
+
+def test_every_installed_backend_option_explains_itself():
+    """geoseg backends NAME prints a help line per option, its own, not a neighbour's."""
+    from geoseg.config import describe_options
+    from geoseg.plugins import backends
+
+    for name, cls in backends().items():
+        records = describe_options(cls.Options, trains=cls.capabilities().trains)
+        helps = [r["help"] for r in records]
+        assert all(helps), f"backend {name}: options without help: " + ", ".join(
+            r["name"] for r in records if not r["help"]
+        )
+        repeated = {h for h in helps if helps.count(h) > 1}
+        assert not repeated, f"backend {name}: options share one help text: {repeated}"

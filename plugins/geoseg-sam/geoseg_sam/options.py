@@ -20,46 +20,77 @@ CACHE_OFF = "off"
 
 @dataclass(frozen=True)
 class SamOptions(TrainingOptions):
-    """Options of the ``sam`` backend (plus the training core's, e.g. ``warmup``).
+    """Options of the ``sam`` backend (plus the training core's, e.g. ``warmup``)."""
 
-    Training prompts: ``prompt`` kind; ``positive`` points per water component (each
-    becomes one prompt, with the chip's ``negative`` points attached); ``erode`` keeps
-    positive points this many pixels (true: 3) from the bank; ``perturb`` moves box edges
-    by up to this many pixels. ``multimask``: how SAM's three masks per prompt become one
-    (mean of logits, the best-scored one, or SAM's single-mask output). ``cache``: folder
-    of the embedding cache (default ``$XDG_CACHE_HOME/geoseg/sam-embeddings``), ``off`` to
-    recompute embeddings every epoch. ``max_prompts``: prompts per chip and step, drawn at
-    random from all of the chip's prompts (decoder work per step grows with it; a new draw
-    every epoch covers the rest). ``bands``: three band names fed as R, G, B.
-    ``percentiles``: low and high percentiles of the 8-bit stretch. ``target``: the class to
-    segment when the dataset has more than one. ``index`` / ``threshold``: override the
-    spectral prompt settings of ``--prompts auto`` at prediction. ``augment`` is off by
-    default: a flipped chip is a new embedding, so it would defeat the embedding cache.
-    """
+    warmup: float = option(
+        0.1,
+        applies="train",
+        help="Fraction of the optimizer steps with a linearly rising learning rate.",
+    )
+    augment: bool = option(
+        False,
+        applies="train",
+        help="Off by default: a flipped chip is a new embedding, so augmenting would defeat "
+        "the embedding cache.",
+    )
 
-    warmup: float = option(0.1, applies="train")
-    augment: bool = option(False, applies="train")
-
-    bands: tuple[str, ...] = ("red", "green", "blue")
+    bands: tuple[str, ...] = option(
+        ("red", "green", "blue"), help="Three band names fed to SAM as R, G, B."
+    )
     prompt: Literal["points", "boxes"] = option(
         "points", applies="train", help="Kind of training prompt drawn from the labels."
     )
-    positive: int = option(3, applies="train")
+    positive: int = option(
+        3,
+        applies="train",
+        help="Positive points per water component; each becomes one prompt, with the chip's "
+        "negative points attached.",
+    )
     negative: int = option(
         0, applies="train", help="Negative points per chip, attached to each positive prompt."
     )
-    erode: bool | int = option(True, applies="train")
-    perturb: int = option(10, applies="train")
-    multimask: Literal["mean", "best", "single"] = "mean"
+    erode: bool | int = option(
+        True,
+        applies="train",
+        help="Keep positive points this many pixels from the bank (true: 3, false: 0).",
+    )
+    perturb: int = option(
+        10, applies="train", help="Move training boxes' edges by up to this many pixels."
+    )
+    multimask: Literal["mean", "best", "single"] = option(
+        "mean",
+        help="How SAM's three masks per prompt become one: the mean of their logits, the "
+        "best-scored one, or SAM's single-mask output.",
+    )
     loss: Literal["dice", "dicece", "focal"] = option(
         "dicece", applies="train", help="Training loss: dice, dice plus cross-entropy, or focal."
     )
-    cache: str | None = option(None, applies="train")
-    max_prompts: int = option(8, applies="train")
-    percentiles: tuple[float, float] = (2.0, 98.0)
-    target: str | None = option(None, applies="train")
-    index: str | None = option(None, applies="predict")
-    threshold: str | None = option(None, applies="predict")
+    cache: str | None = option(
+        None,
+        applies="train",
+        help="Folder of the image-embedding cache (default $XDG_CACHE_HOME/geoseg/"
+        "sam-embeddings); off recomputes the embeddings every epoch.",
+    )
+    max_prompts: int = option(
+        8,
+        applies="train",
+        help="Prompts per chip and step, drawn at random from all of the chip's prompts "
+        "(decoder work per step grows with it; a new draw every epoch covers the rest).",
+    )
+    percentiles: tuple[float, float] = option(
+        (2.0, 98.0), help="Low and high percentiles of the 8-bit stretch."
+    )
+    target: str | None = option(
+        None, applies="train", help="The class to segment when the chip set has more than one."
+    )
+    index: str | None = option(
+        None,
+        applies="predict",
+        help="Water index of --prompts auto (default: the backend's prompt settings).",
+    )
+    threshold: str | None = option(
+        None, applies="predict", help="Threshold of --prompts auto's water index."
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

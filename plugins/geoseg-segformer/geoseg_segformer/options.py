@@ -15,22 +15,24 @@ DEFAULT_CHECKPOINT = "nvidia/mit-b0"
 
 @dataclass(frozen=True)
 class SegmentationOptions(TrainingOptions):
-    """Fine-tuning and prediction settings (plus the training core's, e.g. ``warmup``).
+    """Fine-tuning settings: LoRA's, plus the training core's (``warmup``, ...)."""
 
-    ``lora``: train LoRA adapters (True) or every weight (False). ``r``, ``alpha``,
-    ``dropout``, ``bias``, ``lora_targets``: the LoRA configuration; empty
-    ``lora_targets`` means the attention query and value projections (or the pointwise
-    layers of a convolutional backbone), found by name in the loaded model.
-    """
-
-    lora: bool = option(True, applies="train")
+    lora: bool = option(
+        True, applies="train", help="Train LoRA adapters (True) or every weight (False)."
+    )
     r: int = option(16, applies="train", help="LoRA rank.")
     alpha: float = option(16.0, applies="train", help="LoRA scaling (alpha / r).")
     dropout: float = option(0.05, applies="train", help="Dropout on the LoRA layers.")
     bias: Literal["none", "all", "lora_only"] = option(
         "none", applies="train", help="Biases LoRA trains: none, all or those of the LoRA layers."
     )
-    lora_targets: tuple[str, ...] = option((), applies="train")
+    lora_targets: tuple[str, ...] = option(
+        (),
+        applies="train",
+        help="Module names that get LoRA adapters, comma-separated; empty: the attention "
+        "query and value projections (or a convolutional backbone's pointwise layers), "
+        "found by name in the loaded model.",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
