@@ -223,15 +223,45 @@ def _attrs(source: RasterSource, index: str, transform: Affine) -> dict[str, Any
     }
 
 
-def index_window(source: RasterSource, index: str, window: Window, **params: Any) -> xr.DataArray:
+def _reflectance(source: RasterSource, index: str, reflectance: Any) -> Any:
+    """How ``index`` reads ``source``: in reflectance for the normalised differences (a
+    Sentinel-2 L2A offset or per-band scales change their value), raw for the HSV rule."""
+    if index == "hsv":
+        return None
+    if reflectance is None:
+        from geoseg.water import raster_reflectance
+
+        reflectance = raster_reflectance(source)
+    names = required_bands(index)
+    scales = {float(reflectance.scale.get(name, 1.0)) for name in names}
+    offsets = {float(reflectance.offset.get(name, 0.0)) for name in names}
+    if not reflectance.known or (len(scales) == 1 and offsets == {0.0}):
+        return None  # one scale and no offset leave a normalised difference unchanged
+    return reflectance
+
+
+def _index_values(data, valid, names, index, reflectance, params) -> np.ndarray:
+    if reflectance is not None:
+        data = np.stack([reflectance.apply(data[i], name) for i, name in enumerate(names)])
+    return compute_index(data, names, index, valid, **params)
+
+
+def index_window(
+    source: RasterSource, index: str, window: Window, *, reflectance=None, **params: Any
+) -> xr.DataArray:
     """The index over one window of ``source`` as a DataArray with ``y``/``x`` map coordinates.
 
-    ``attrs`` hold ``crs`` (WKT) and ``transform`` (the window's affine, 6 numbers).
+    Normalised differences are computed on reflectance: ``reflectance`` (a
+    ``geoseg.water.Reflectance``) or, by default, what the raster's metadata says
+    (``geoseg.water.raster_reflectance``). ``attrs`` hold ``crs`` (WKT) and ``transform``
+    (the window's affine, 6 numbers).
     """
     index = index.lower()
     check_bands(index, source.band_names, source=str(source.path))
-    data, valid = source.read(window, required_bands(index))
-    values = compute_index(data, required_bands(index), index, valid, **params)
+    names = required_bands(index)
+    reflectance = _reflectance(source, index, reflectance)
+    data, valid = source.read(window, names)
+    values = _index_values(data, valid, names, index, reflectance, params)
     x, y = pixel_centres(source.transform, window)
     transform = source.transform @ Affine.translation(int(window.col_off), int(window.row_off))
     return xr.DataArray(
@@ -244,7 +274,7 @@ def index_window(source: RasterSource, index: str, window: Window, **params: Any
 
 
 def index_array(
-    source: RasterSource, index: str, *, chunk: int = 512, **params: Any
+    source: RasterSource, index: str, *, chunk: int = 512, reflectance=None, **params: Any
 ) -> xr.DataArray:
     """The index over the whole raster as a dask-backed DataArray, one read per chunk.
 
@@ -261,6 +291,7 @@ def index_array(
     index = index.lower()
     check_bands(index, source.band_names, source=str(source.path))
     names = required_bands(index)
+    reflectance = _reflectance(source, index, reflectance)
     # rasterio datasets are not thread-safe; dask's threaded scheduler may call concurrently.
     lock = threading.Lock()
 
@@ -269,7 +300,7 @@ def index_array(
         window = Window(col0, row0, col1 - col0, row1 - row0)
         with lock:
             data, valid = source.read(window, names)
-        return compute_index(data, names, index, valid, **params)
+        return _index_values(data, valid, names, index, reflectance, params)
 
     chunks = (
         _chunk_sizes(source.height, chunk),
@@ -314,9 +345,12 @@ def write_index(
     block: int = BLOCK,
     on_start: Callable[[int], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    reflectance=None,
     **params: Any,
 ) -> Path:
     """Write the index of ``source`` as a float32 GeoTIFF on the source grid, atomically.
+
+    Normalised differences are computed on reflectance, as in ``index_window``.
 
     Tiled (``block`` px, a multiple of 16), deflate-compressed; nodata is NaN and covers the
     source's nodata and masked pixels. Written window by window; ``on_start`` gets the
@@ -334,6 +368,7 @@ def write_index(
         raise OutputError(f"{path}: indices are written as GeoTIFF; give a name ending in .tif")
     check_bands(index, source.band_names, source=str(source.path))
     names = required_bands(index)
+    reflectance = _reflectance(source, index, reflectance)
     if block % 16:
         raise OptionError(f"block size {block} must be a multiple of 16")
     profile = source.profile(
@@ -362,7 +397,8 @@ def write_index(
         )
         for window in windows:
             data, valid = source.read(window, names)
-            dst.write(compute_index(data, names, index, valid, **params), 1, window=window)
+            values = _index_values(data, valid, names, index, reflectance, params)
+            dst.write(values, 1, window=window)
             if progress is not None:
                 progress(1)
     return path

@@ -54,6 +54,36 @@ def test_index_writes_float32_on_the_source_grid_with_nan_nodata(make_raster, tm
     assert not list(tmp_path.glob("out/.*part*"))
 
 
+def test_index_is_computed_on_reflectance_like_the_water_method(tmp_path, invoke):
+    """Sentinel-2 L2A from baseline 04.00 stores reflectance x 10000 + 1000: NDWI on the
+    digital numbers would be 0.2 where the surface's NDWI is 0.6."""
+    from rasterio.transform import from_origin
+
+    green = np.full((32, 32), 1800, np.uint16)  # reflectance 0.08
+    nir = np.full((32, 32), 1200, np.uint16)  # reflectance 0.02
+    src = tmp_path / "s2_l2a.tif"
+    profile = dict(
+        driver="GTiff", width=32, height=32, count=2, dtype="uint16", crs="EPSG:32633",
+        transform=from_origin(500000, 4000000, 10, 10),
+    )  # fmt: skip
+    with rasterio.open(src, "w", **profile) as dst:
+        dst.write(np.stack([green, nir]))
+        dst.descriptions = ("green", "nir")
+        dst.update_tags(BOA_ADD_OFFSET_B03="-1000", BOA_ADD_OFFSET_B08="-1000")
+    out = tmp_path / "ndwi.tif"
+    invoke("index", src, "-o", out, "-q")
+    with rasterio.open(out) as d:
+        assert d.transform == profile["transform"] and d.crs == "EPSG:32633"
+        assert d.read(1) == pytest.approx(np.full((32, 32), 0.6), abs=1e-6)
+    # An explicit scale and offset override the tags: here the digital numbers themselves.
+    invoke(
+        "index", src, "-o", out, "--reflectance-scale", "1", "--reflectance-offset", "0",
+        "--overwrite", "-q",
+    )  # fmt: skip
+    with rasterio.open(out) as d:
+        assert d.read(1) == pytest.approx(np.full((32, 32), 0.2), abs=1e-6)
+
+
 def test_prompts_from_the_command_line_with_preview(make_raster, tmp_path, invoke):
     src = water_raster(make_raster)
     out = tmp_path / "prompts.gpkg"
