@@ -10,6 +10,7 @@ geoseg command line. Skipped, with the reason, where QGIS or Xvfb is not install
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -456,6 +457,21 @@ def test_train_runs_from_qgis_process(qgis_process, tmp_path):
     )  # fmt: skip
     assert trained["results"]["OUTPUT"] == str(tmp_path / "model")
     assert (tmp_path / "model" / "geoseg_model.json").exists()
+    if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None:
+        return
+    # The trained model as ONNX, and predicted with it, both from Processing.
+    exported = qgis_process(
+        "geoseg:export", "--", f"MODEL={tmp_path / 'model'}", "SIZE=128",
+        f"OUTPUT={tmp_path / 'model.onnx'}",
+    )  # fmt: skip
+    assert exported["results"]["OUTPUT"] == str(tmp_path / "model.onnx")
+    qgis_process(
+        "geoseg:predict", "--", f"INPUT={SAMPLE}", "BACKEND=onnx", "BANDS=naip",
+        f"MODEL_FILE={tmp_path / 'model.onnx'}", f"OUTPUT={tmp_path / 'onnx.tif'}",
+    )  # fmt: skip
+    with rasterio.open(SAMPLE) as source, rasterio.open(tmp_path / "onnx.tif") as mask:
+        assert mask.crs == source.crs and mask.transform == source.transform
+        assert mask.shape == source.shape
 
 
 def test_a_bad_input_fails_with_the_cli_message(qgis_process, tmp_path):

@@ -223,6 +223,14 @@ class PredictAlgorithm(GeosegAlgorithm):
                 optional=True,
             )
         )
+        self.addParameter(
+            QgsProcessingParameterFile(
+                "MODEL_FILE",
+                "Model file, for the onnx backend (an .onnx from geoseg export or Deepness)",
+                extension="onnx",
+                optional=True,
+            )
+        )
         self.add_string("SIZE", "Chip size: pixels, or metres with m (empty: the backend's)")
         self.add_string("OVERLAP", "Overlap: pixels, or metres with m (empty: the backend's)")
         self.add_options()
@@ -248,7 +256,13 @@ class PredictAlgorithm(GeosegAlgorithm):
         args = [self.raster_path(parameters, "INPUT", context), "-o", output, "--overwrite"]
         args += ["--backend", self.parameterAsEnumString(parameters, "BACKEND", context)]
         _flag(args, "--bands", self.text(parameters, "BANDS", context))
-        _flag(args, "--model", self.text(parameters, "MODEL", context))
+        folder = self.text(parameters, "MODEL", context)
+        file = self.text(parameters, "MODEL_FILE", context)
+        if folder and file:
+            raise QgsProcessingException(
+                "MODEL and MODEL_FILE: give one model, a folder or an .onnx file"
+            )
+        _flag(args, "--model", folder or file)
         _flag(args, "--size", self.text(parameters, "SIZE", context))
         _flag(args, "--overlap", self.text(parameters, "OVERLAP", context))
         _flag(args, "--device", self.parameterAsEnumString(parameters, "DEVICE", context))
@@ -504,10 +518,53 @@ class IndexAlgorithm(GeosegAlgorithm):
         return args, {"OUTPUT": output}
 
 
+class ExportAlgorithm(GeosegAlgorithm):
+    command = "export"
+    title = "Export a model to ONNX"
+    help_text = (
+        "Runs geoseg export: a model folder from geoseg train as one ONNX file with its "
+        "metadata, for the onnx backend (no torch needed) and the Deepness plugin."
+    )
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(
+            QgsProcessingParameterFile(
+                "MODEL",
+                "Model folder (from geoseg train)",
+                behavior=QgsProcessingParameterFile.Folder,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                "SIZE", "Chip size in pixels (a multiple of 16)", defaultValue=512, minValue=16
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterBoolean(
+                "FP16", "Half-precision weights (about half the file size)", defaultValue=False
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFileDestination("OUTPUT", "ONNX model", "ONNX models (*.onnx)")
+        )
+
+    def arguments(self, parameters, context, feedback):
+        output = self.parameterAsFileOutput(parameters, "OUTPUT", context)
+        if not output.lower().endswith(".onnx"):
+            raise QgsProcessingException(f"{output}: ONNX models are written as .onnx")
+        size = self.parameterAsInt(parameters, "SIZE", context)
+        args = ["--model", self.text(parameters, "MODEL", context), "-o", output]
+        args += ["--size", str(size), "--overwrite"]
+        if self.parameterAsBool(parameters, "FP16", context):
+            args.append("--fp16")
+        return args, {"OUTPUT": output}
+
+
 ALGORITHMS = (
     PredictAlgorithm,
     TileAlgorithm,
     TrainAlgorithm,
+    ExportAlgorithm,
     EvaluateAlgorithm,
     PromptsAlgorithm,
     VectorizeAlgorithm,
