@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
@@ -46,6 +46,8 @@ __all__ = [
 #: manifest ``geoseg_model.json``, ``TrainSettings`` with "not given" values and a
 #: progress channel (see docs/plugins.md, "Contract version").
 CONTRACT_VERSION = 2
+#: What a backend's ``predict`` answers: a class per pixel, or a class per chip.
+KINDS = ("pixels", "chips")
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,10 @@ class Capabilities:
     come from the model or the training data. ``bands``: band names the backend reads, in
     the order it wants them (empty: every band of the source, in file order).
     ``weights``: False for a backend that loads no model weights, so ``--model`` given to
-    it is refused instead of silently ignored.
+    it is refused instead of silently ignored. ``kind``: ``"pixels"`` for a backend whose
+    ``predict`` answers a class per pixel (N, C, H, W), ``"chips"`` for one that answers a
+    class per chip (N, C) (chip classification: ``geoseg.chip_predict`` writes its
+    outputs, see docs/plugins.md).
     """
 
     binary: bool = False
@@ -66,9 +71,14 @@ class Capabilities:
     bands: tuple[str, ...] = ()
     chip_size: int = 512
     weights: bool = True
+    kind: Literal["pixels", "chips"] = "pixels"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"Capabilities.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
 
     def describe(self) -> str:
-        parts = ["binary" if self.binary else "multi-class"]
+        parts = [f"kind={self.kind}", "binary" if self.binary else "multi-class"]
         if self.needs_prompts:
             parts.append("prompts")
         if self.trains:
@@ -183,7 +193,10 @@ class Backend:
         """Called before the chips of one raster; compute whole-raster statistics here."""
 
     def predict(self, batch: ChipBatch) -> np.ndarray:
-        """Class probabilities (N, C, H, W) float32 for a batch; C = ``len(classes())``."""
+        """Class probabilities (N, C, H, W) float32 for a batch; C = ``len(classes())``.
+
+        A backend of kind ``"chips"`` returns one row per chip instead: (N, C) float32.
+        """
         raise NotImplementedError
 
     def training_task(self) -> TrainingTask | None:
