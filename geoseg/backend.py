@@ -37,6 +37,7 @@ __all__ = [
     "TrainSettings",
     "NoOptions",
     "CONTRACT_VERSION",
+    "KINDS",
     "resolve_device",
 ]
 
@@ -75,7 +76,9 @@ class Capabilities:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"Capabilities.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+            raise ValueError(
+                f"Capabilities.kind must be one of {', '.join(KINDS)}, got {self.kind!r}"
+            )
 
     def describe(self) -> str:
         parts = [f"kind={self.kind}", "binary" if self.binary else "multi-class"]

@@ -6,6 +6,8 @@ Layout of a chip dataset folder::
     labels/<same name>.tif            uint8 class ids, 255 = ignore (only with --labels)
     tiles.gpkg                        layer "tiles": one footprint polygon per chip with
                                       chip, label, source, row, col, valid_fraction, split
+                                      (and chip_class, chip_class_name: one class per
+                                      chip, with --chip-labels or --class-folders)
     dataset.json                      version, sources, CRS, resolution, chip size, overlap,
                                       band names, classes, counts
 """
@@ -40,7 +42,11 @@ REQUIRED_FIELDS = ("chip", "label", "split", "source", "row", "col", "valid_frac
 
 @dataclass(frozen=True)
 class ChipRecord:
-    """One chip of a dataset: file paths (absolute), split and grid position."""
+    """One chip of a dataset: file paths (absolute), split and grid position.
+
+    ``chip_class``: the chip's one class id (chip sets tiled with ``--chip-labels`` or
+    ``--class-folders``), None without one.
+    """
 
     name: str
     image: Path
@@ -50,6 +56,7 @@ class ChipRecord:
     row: int
     col: int
     valid_fraction: float
+    chip_class: int | None = None
 
 
 class ChipDataset:
@@ -95,6 +102,7 @@ class ChipDataset:
                 f"re-run geoseg tile"
             )
         inside = root.resolve()
+        has_chip_classes = "chip_class" in table.columns
         records = []
         for number, row in enumerate(table.itertuples(index=False), start=1):
             label = row.label
@@ -111,6 +119,7 @@ class ChipDataset:
                         row=int(row.row),
                         col=int(row.col),
                         valid_fraction=float(row.valid_fraction),
+                        chip_class=_chip_class(row.chip_class) if has_chip_classes else None,
                     )
                 )
             except (TypeError, ValueError) as exc:
@@ -128,6 +137,11 @@ class ChipDataset:
     @property
     def has_labels(self) -> bool:
         return any(r.label is not None for r in self.records)
+
+    @property
+    def has_chip_labels(self) -> bool:
+        """Whether chips carry one class each (``chip_class``)."""
+        return any(r.chip_class is not None for r in self.records)
 
     def split(self, name: str) -> list[ChipRecord]:
         """Records of the ``train`` or ``val`` split."""
@@ -152,6 +166,18 @@ class ChipDataset:
             )
         with open_dataset(record.label, what="label chip") as src, read_errors(record.label):
             return src.read(1)
+
+
+def _chip_class(value) -> int | None:
+    """A chip_class field value: None for an empty field (or -1)."""
+    import pandas
+
+    if pandas.isna(value):
+        return None
+    number = int(value)
+    if number != value or not -1 <= number < 255:
+        raise ValueError(f"chip_class {value!r} is not a class id 0..254")
+    return None if number < 0 else number
 
 
 def check_info(info, path: Path) -> None:

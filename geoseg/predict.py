@@ -154,6 +154,11 @@ def _plan(
 ) -> tuple[tuple[str, ...] | None, TileGrid]:
     """The bands the backend reads (None: all) and the chip grid over ``source``."""
     capabilities = backend.loaded_capabilities()
+    if capabilities.kind != "pixels":
+        raise BackendError(
+            f"backend {backend.name!r} classifies whole chips, not pixels; its predictions "
+            "are written by geoseg.chip_predict (geoseg predict does this for it)"
+        )
     names = tuple(capabilities.bands) or None
     if names:
         source.band_map.indexes(names, source=str(source.path))

@@ -44,6 +44,8 @@ from geoseg.raster import Chip, RasterSource, open_raster
 from geoseg.windows import Tile, TileGrid, tile_grid
 
 SPLITS = ("random", "blocks")
+#: How ``--chip-labels`` turns a chip's pixel labels into one class per chip.
+CHIP_LABEL_RULES = ("majority", "centre", "any:<class>")
 #: Largest chip (pixels, valid mask and labels) tiling agrees to hold in memory.
 MAX_CHIP_BYTES = 4 << 30
 
@@ -69,8 +71,24 @@ class TileSettings:
     seed: int = 0
     overwrite: bool = False
     compress: str = "deflate"
+    #: One class per chip from its pixel labels: ``majority``, ``centre`` or ``any:<class>``.
+    chip_labels: str | None = None
+    #: Each source's class is the name of its folder (a folder-per-class layout).
+    class_folders: bool = False
 
     def __post_init__(self) -> None:
+        if self.chip_labels is not None:
+            ChipLabelRule.parse(self.chip_labels)
+            if self.labels is None:
+                raise OptionError(
+                    f"--chip-labels {self.chip_labels} derives each chip's class from pixel "
+                    "labels; add --labels (a class raster, or polygons/points with a class field)"
+                )
+        if self.class_folders and (self.labels is not None or self.chip_labels is not None):
+            raise OptionError(
+                "--class-folders takes each chip's class from its folder name; leave out "
+                "--labels and --chip-labels"
+            )
         if not 0.0 <= self.min_valid <= 1.0:
             raise OptionError(f"--min-valid must be between 0 and 1, got {self.min_valid}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -81,6 +99,56 @@ class TileSettings:
             raise OptionError(f"--block must be at least 1 chip, got {self.block}")
         if self.unlabeled not in ("background", "ignore"):
             raise OptionError(f"--unlabeled must be background or ignore, got {self.unlabeled!r}")
+
+
+@dataclass(frozen=True)
+class ChipLabelRule:
+    """How one class per chip is drawn from its pixel class ids (255 = ignore).
+
+    ``majority``: the most frequent labelled class (ties: the lower id); ``centre``: the
+    class of the chip's centre pixel; ``any:<class>``: that class (id or name) when any
+    pixel has it, else the majority of the others. None when no pixel is labelled.
+    """
+
+    method: str
+    target: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ChipLabelRule:
+        method, _, target = str(text).strip().partition(":")
+        method = {"center": "centre"}.get(method.lower(), method.lower())
+        if method in ("majority", "centre") and not target:
+            return cls(method)
+        if method == "any" and target.strip():
+            return cls(method, target.strip())
+        raise OptionError(
+            f"--chip-labels {text!r} must be one of {', '.join(CHIP_LABEL_RULES)} "
+            "(e.g. any:water or any:1)"
+        )
+
+    def target_id(self, classes: ClassMap | None, source: str) -> int | None:
+        """The class id ``any:<class>`` names, looked up in ``classes`` when a name."""
+        if self.target is None:
+            return None
+        if self.target.isdigit():
+            return int(self.target)
+        if classes is None:
+            raise OptionError(
+                f"--chip-labels any:{self.target}: {source} names no classes; give the class "
+                "id (any:1) or --classes CLASSES.json"
+            )
+        return classes.id_of(self.target, source=f"--chip-labels any:{self.target}")
+
+    def chip_class(self, label_ids: np.ndarray, target_id: int | None = None) -> int | None:
+        labelled = label_ids[label_ids != IGNORE_INDEX]
+        if self.method == "centre":
+            value = int(label_ids[label_ids.shape[0] // 2, label_ids.shape[1] // 2])
+            return None if value == IGNORE_INDEX else value
+        if self.method == "any" and target_id is not None and (labelled == target_id).any():
+            return target_id
+        if labelled.size == 0:
+            return None
+        return int(np.bincount(labelled, minlength=1).argmax())
 
 
 @dataclass
@@ -95,6 +163,7 @@ class ChipEntry:
     valid_fraction: float
     split: str
     tile: Tile
+    chip_class: int | None = None
 
 
 @dataclass
@@ -106,6 +175,7 @@ class SourceTiles:
     reused: int = 0
     below_min_valid: int = 0
     class_pixels: Counter = field(default_factory=Counter)
+    class_chips: Counter = field(default_factory=Counter)
     label_classes: ClassMap | None = None
     tiles: int = 0
 
@@ -120,6 +190,7 @@ class TileSummary:
     reused: int = 0
     below_min_valid: int = 0
     class_pixels: Counter = field(default_factory=Counter)
+    class_chips: Counter = field(default_factory=Counter)
     #: Sources tiled into the dataset, and those that failed (not in it).
     done: list[Path] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
@@ -253,6 +324,7 @@ def tile_sources(
             summary.reused += result.reused
             summary.below_min_valid += result.below_min_valid
             summary.class_pixels.update(result.class_pixels)
+            summary.class_chips.update(result.class_chips)
         if not tiled:
             held.close()  # the lock file first, or the folder it sits in is not empty
             _remove_empty(created)
@@ -260,7 +332,7 @@ def tile_sources(
         if not summary.chips:
             _no_valid_chips([s for s, _, _ in tiled], settings)
         _assign_splits(summary.chips, settings)
-        _write_tiles(summary, out_dir)
+        _write_tiles(summary, out_dir, label_classes)
         _write_dataset_json(summary, out_dir, tiled, settings, label_classes)
         return summary
     except BaseException:
@@ -368,14 +440,35 @@ def _tile_opened(
     result = SourceTiles()
     if labels is not None and labels.classes is not None:
         result.label_classes = labels.classes
+    chip_label = _chip_labeller(source, labels, settings)
     for tile in grid:
-        entry = _tile_one(source, grid, tile, labels, images_dir, labels_dir, settings, result)
+        entry = _tile_one(
+            source, grid, tile, labels, images_dir, labels_dir, settings, result, chip_label
+        )
         if entry is not None:
+            if entry.chip_class is not None:
+                result.class_chips[entry.chip_class] += 1
             result.chips.append(entry)
         result.tiles += 1
         if progress:
             progress(1)
     return result
+
+
+def _chip_labeller(source: RasterSource, labels, settings: TileSettings):
+    """``chip_class(label_ids)`` for the chips of one source: None without chip labels."""
+    if settings.class_folders:
+        classes = settings.classes
+        folder = Path(source.path).parent.name
+        if not isinstance(classes, ClassMap):
+            classes = ClassMap.read(classes)
+        class_id = classes.id_of(folder, source=f"{source.path} (class folder {folder!r})")
+        return lambda label_ids: class_id
+    if settings.chip_labels is None:
+        return lambda label_ids: None
+    rule = ChipLabelRule.parse(settings.chip_labels)
+    target = rule.target_id(labels.classes, str(settings.labels))
+    return lambda label_ids: None if label_ids is None else rule.chip_class(label_ids, target)
 
 
 def _check_chip_memory(size: int, source: RasterSource) -> None:
@@ -423,8 +516,10 @@ def _tile_one(
     labels_dir: Path | None,
     settings: TileSettings,
     summary: SourceTiles,
+    chip_label=lambda label_ids: None,
 ) -> ChipEntry | None:
     name = tile.name(source.path.stem, grid.digits) + ".tif"
+    label_ids = None
     image_path = images_dir / name
     label_path = labels_dir / name if labels_dir is not None else None
     stored = None if settings.overwrite else _stored_chip(image_path, label_path, tile, source)
@@ -455,6 +550,7 @@ def _tile_one(
         valid_fraction=round(valid_fraction, 6),
         split="train",
         tile=tile,
+        chip_class=chip_label(label_ids),
     )
 
 
@@ -554,7 +650,7 @@ def _assign_splits(chips: list[ChipEntry], settings: TileSettings) -> None:
         entry.split = "val" if key(entry) in val_keys else "train"
 
 
-def _write_tiles(summary: TileSummary, out_dir: Path) -> None:
+def _write_tiles(summary: TileSummary, out_dir: Path, classes: ClassMap | None = None) -> None:
     """Footprints in tiles.gpkg, written with pyogrio's raw writer (no pandas import)."""
     import shapely
     from pyogrio.raw import write
@@ -584,12 +680,23 @@ def _write_tiles(summary: TileSummary, out_dir: Path) -> None:
             [e.tile.crs.to_string() if e.tile.crs else None for e in chips], dtype=object
         ),
     }
+    masks: list[np.ndarray | None] = [None] * len(fields)
+    if any(e.chip_class is not None for e in chips):
+        # One class per chip (--chip-labels, --class-folders); empty for a chip without one.
+        names = {c.id: c.name for c in classes} if classes is not None else {}
+        ids = [e.chip_class for e in chips]
+        fields["chip_class"] = np.array([-1 if i is None else i for i in ids], dtype=np.int32)
+        fields["chip_class_name"] = np.array(
+            [None if i is None else names.get(i, str(i)) for i in ids], dtype=object
+        )
+        masks += [np.array([i is None for i in ids]), None]
     with atomic_output(out_dir / TILES_FILE) as tmp:
         write(
             tmp,
             geometry=shapely.to_wkb(np.array(geometries, dtype=object)),
             field_data=list(fields.values()),
             fields=list(fields),
+            field_mask=masks,
             crs=crs.to_wkt() if crs is not None else None,
             geometry_type="Polygon",
             driver="GPKG",
@@ -635,6 +742,7 @@ def _write_dataset_json(
         "dtype": first.dtype.name,
         "nodata": first.nodata,
         "labels": str(settings.labels) if settings.labels else None,
+        "chip_labels": settings.chip_labels or ("class_folders" if settings.class_folders else None),
         "classes": classes.to_json() if classes is not None else [],
         "split": {
             "method": settings.split,
@@ -649,7 +757,53 @@ def _write_dataset_json(
             "class_pixels": {
                 names.get(i, str(i)): int(n) for i, n in sorted(summary.class_pixels.items())
             },
+            "class_chips": {
+                names.get(i, str(i)): int(n) for i, n in sorted(summary.class_chips.items())
+            },
         },
     }
     with atomic_output(out_dir / DATASET_FILE) as tmp:
         tmp.write_text(json.dumps(info, indent=2) + "\n")
+
+
+def class_folder_sources(
+    folders: Sequence[str | Path], classes: str | Path | ClassMap | None = None
+) -> tuple[list[Path], ClassMap, int]:
+    """The patches of a folder-per-class layout (``DIR/<class name>/*.tif``, EuroSAT style).
+
+    Returns the patch files (sorted), the classes (``classes`` when given, each folder
+    name must be one of them; else the folder names in sorted order, ids from 0) and the
+    patch size in pixels (the larger side of the first patch), the chip size by default.
+    """
+    from geoseg.predict import RASTER_SUFFIXES
+
+    patches: list[Path] = []
+    names: set[str] = set()
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise InputFileError(
+                f"{folder}: --class-folders takes folders holding one subfolder of patches "
+                "per class (DIR/<class>/*.tif); give such a folder"
+            )
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name[0] != "."):
+            found = sorted(
+                p for p in sub.iterdir()
+                if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES and p.name[0] != "."
+            )  # fmt: skip
+            if found:
+                names.add(sub.name)
+                patches.extend(found)
+    if not patches:
+        raise InputFileError(
+            f"{', '.join(map(str, folders))}: no class subfolder holds .tif patches; the "
+            "layout is DIR/<class name>/<patch>.tif"
+        )
+    if isinstance(classes, (str, Path)):
+        classes = ClassMap.read(classes)
+    if classes is None:
+        classes = ClassMap.from_names(sorted(names))
+    for name in sorted(names):
+        classes.id_of(name, source=f"class folder {name!r} (--classes)")
+    with rasterio.open(patches[0]) as first:
+        size = max(first.width, first.height)
+    return patches, classes, size

@@ -27,6 +27,19 @@ from geoseg.cli.options import (
 @click.command(short_help="Cut rasters (and labels) into georeferenced chips.")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
+    "--chip-labels",
+    default=None,
+    metavar="majority|centre|any:CLASS",
+    help="Also give each chip one class from its pixel labels (for chip classifiers): "
+    "the most frequent, the centre pixel's, or CLASS when any pixel has it.",
+)
+@click.option(
+    "--class-folders",
+    is_flag=True,
+    help="SOURCES are folders holding one subfolder of georeferenced patches per class "
+    "(EuroSAT style); each chip's class is its folder's name.",
+)
+@click.option(
     "-o",
     "--output",
     "out_dir",
@@ -107,6 +120,8 @@ from geoseg.cli.options import (
 @quiet_option
 def tile(
     sources,
+    chip_labels,
+    class_folders,
     out_dir,
     size,
     overlap,
@@ -142,15 +157,32 @@ def tile(
     line and left out while the others are tiled; the exit code is then 2 (1 for an
     internal error). --fail-fast stops at the first failure instead.
 
+    --chip-labels also writes one class per chip (chip_class in tiles.gpkg, counts in
+    dataset.json) for chip classifiers; with --labels of points, add --unlabeled ignore
+    so a chip takes the class of the points inside it. --class-folders reads DIR/<class>/
+    *.tif instead; the chip size is then the patches' size unless --size is given.
+
     \b
-    Example:
+    Examples:
       geoseg tile naip.tif -o chips --bands naip --size 256 --labels lakes.gpkg
+      geoseg tile naip.tif -o chips --size 64 --labels lakes.gpkg --chip-labels any:water
+      geoseg tile EuroSAT/ -o chips --class-folders
     """
     from geoseg.sources import expand_source
     from geoseg.tiling import TileSettings, tile_sources
 
-    # A STAC ItemCollection is one source per item; URLs and band stacks stay as given.
-    sources = [source for raw in sources for source in expand_source(raw)]
+    if class_folders:
+        from geoseg.tiling import class_folder_sources
+
+        sources, classes, patch_size = class_folder_sources(sources, classes)
+        given = click.get_current_context().get_parameter_source
+        if given("size") is click.core.ParameterSource.DEFAULT:
+            size = patch_size  # one chip per patch
+        if given("overlap") is click.core.ParameterSource.DEFAULT:
+            overlap = 0
+    else:
+        # A STAC ItemCollection is one source per item; URLs and band stacks stay as given.
+        sources = [source for raw in sources for source in expand_source(raw)]
     if scheduler is not None:
         from geoseg.distributed import absolute_path
 
@@ -174,6 +206,8 @@ def tile(
         block=block,
         seed=seed,
         overwrite=overwrite,
+        chip_labels=chip_labels,
+        class_folders=class_folders,
     )
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(Progress("tiling", quiet=quiet))
