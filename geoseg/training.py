@@ -272,11 +272,27 @@ def band_statistics(
     return Normalization(tuple(float(v) for v in mean), tuple(float(v) for v in std))
 
 
-def dataset_classes(dataset: ChipDataset, records: Sequence[ChipRecord]) -> ClassMap:
-    """The chip set's classes, or generic ones for the ids its labels hold."""
+def dataset_classes(
+    dataset: ChipDataset, records: Sequence[ChipRecord], *, per_chip: bool = False
+) -> ClassMap:
+    """The chip set's classes, or generic ones for the ids its labels hold.
+
+    ``per_chip``: the classes the chips' own classes (``chip_class``) hold, so a chip
+    classifier gets no output for a class no chip is labelled with.
+    """
+    if per_chip:
+        ids = {r.chip_class for r in records if r.chip_class is not None}
+        if not ids:
+            raise LabelsError(
+                f"{dataset.root}: no chip has a class of its own; tile with --chip-labels "
+                "or --class-folders for a chip classifier"
+            )
+        if dataset.classes is not None:
+            return dataset.classes.with_ids(ids)
+        return ClassMap.from_ids(ids)
     if dataset.classes is not None:
         return dataset.classes
-    ids: set[int] = set()
+    ids = set()
     for record in records:
         ids.update(int(v) for v in np.unique(dataset.read_label(record)))
     ids.discard(IGNORE_INDEX)
@@ -340,7 +356,8 @@ class ChipSamples:
     Each sample is a dict: ``index`` (int), ``image`` (B, H, W) float32 (standardised when
     ``normalization`` is given, raw source values otherwise; invalid pixels 0),
     ``label`` (H, W) int64 output channels (255 = ignore, also on invalid pixels) and
-    ``valid`` (H, W) bool. With ``augment``, the chip is augmented by ``augment_chip``
+    ``valid`` (H, W) bool. With ``per_chip``, ``label`` is the chip's own class
+    (``ChipRecord.chip_class``) as one int64 output channel, and no label chip is read. With ``augment``, the chip is augmented by ``augment_chip``
     with a generator seeded by (seed, epoch, index), so runs, resumed runs and any number
     of loader workers give the same chips. ``transform`` (a backend's) maps each sample.
     """
@@ -356,7 +373,9 @@ class ChipSamples:
         jitter: float = 0.0,
         seed: int = 0,
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        per_chip: bool = False,
     ) -> None:
+        self.per_chip = per_chip
         self.dataset = dataset
         self.records = list(records)
         self.lookup = lookup
@@ -374,7 +393,11 @@ class ChipSamples:
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
         data, valid = self.dataset.read_image(record)
-        ids = self.dataset.read_label(record)
+        if self.per_chip:
+            chip_class = IGNORE_INDEX if record.chip_class is None else record.chip_class
+            ids = np.zeros(valid.shape, np.uint8)  # turned with the image, then dropped
+        else:
+            ids = self.dataset.read_label(record)
         if ids.shape != valid.shape:
             raise LabelsError(
                 f"{record.label}: label is {ids.shape}, image is {valid.shape}; re-run geoseg tile"
@@ -390,6 +413,8 @@ class ChipSamples:
             image, label, valid = augment_chip(
                 image, label, valid, rng, self.jitter, self.normalization is not None
             )
+        if self.per_chip:
+            label = np.asarray(self.lookup[chip_class])
         sample = {"index": index, "image": image, "label": label.astype(np.int64), "valid": valid}
         return self.transform(sample) if self.transform is not None else sample
 
@@ -399,13 +424,25 @@ def split_records(
     val_fraction: float,
     seed: int,
     progress: TrainingProgress | None = None,
+    *,
+    per_chip: bool = False,
 ) -> tuple[list[ChipRecord], list[ChipRecord]]:
     """The train and val chips: the chip set's split, else a seeded held-out fraction.
 
     Training chips are never validated on. A lone training chip trains without
-    validation; ``progress.warning`` says either once.
+    validation; ``progress.warning`` says either once. ``per_chip``: the chips with a
+    class of their own (``chip_class``) are the labelled ones.
     """
-    labelled = [r for r in dataset.records if r.label is not None]
+    if per_chip:
+        labelled = [r for r in dataset.records if r.chip_class is not None]
+        if not labelled:
+            raise LabelsError(
+                f"{dataset.root}: no chip has a class of its own (a chip classifier learns "
+                f"one class per chip); make the chip set with geoseg tile SRC -o {dataset.root} "
+                "--labels LABELS --chip-labels majority, or from class folders with --class-folders"
+            )
+    else:
+        labelled = [r for r in dataset.records if r.label is not None]
     if not labelled:
         raise LabelsError(
             f"{dataset.root}: the chips have no labels; make the chip set with geoseg tile "
@@ -504,10 +541,13 @@ class TrainingTask:
     default_lr: float = 1e-4
     #: Standardise bands by their mean/std over the training chips (saved in the manifest).
     standardize: bool = True
+    #: What a label is: ``"pixels"`` (a class per pixel, batches' ``label`` (N, H, W)) or
+    #: ``"chips"`` (the chip's own class, ``ChipRecord.chip_class``: ``label`` (N,)).
+    labels: Literal["pixels", "chips"] = "pixels"
 
     def classes(self, dataset: ChipDataset, records: Sequence[ChipRecord]) -> ClassMap:
         """Output classes in channel order (default: the chip set's)."""
-        return dataset_classes(dataset, records)
+        return dataset_classes(dataset, records, per_chip=self.labels == "chips")
 
     def label_lookup(self, classes: ClassMap) -> np.ndarray:
         """(256,) uint8 table from label id to output channel (255: ignore)."""
@@ -551,7 +591,8 @@ class TrainingTask:
     def validation_step(self, model, batch, run: TrainingRun):
         """``(predicted, pixel_loss)`` for a validation batch: predicted output channels
         (N, H, W) int64 tensor, and the per-pixel loss (N, H, W) float (0 where the label
-        is ignored) or None when the backend has no validation loss."""
+        is ignored) or None when the backend has no validation loss. With ``labels =
+        "chips"`` both are per chip: (N,)."""
         raise NotImplementedError
 
     def save_weights(self, model, folder: Path, run: TrainingRun) -> None:
@@ -664,7 +705,7 @@ def train_backend(
         classes = ClassMap.from_json(state["classes"], source=str(checkpoint / STATE_FILE))
     else:
         train_records, val_records = split_records(
-            dataset, options.val_fraction, settings.seed, channel
+            dataset, options.val_fraction, settings.seed, channel, per_chip=task.labels == "chips"
         )
         classes = task.classes(dataset, train_records + val_records)
 
@@ -701,6 +742,7 @@ def train_backend(
         return ChipSamples(
             dataset, records, lookup, run.normalization, augment=augment,
             jitter=options.jitter, seed=settings.seed, transform=task.transform,
+            per_chip=task.labels == "chips",
         )  # fmt: skip
 
     collate = task.collate if type(task).collate is not TrainingTask.collate else None

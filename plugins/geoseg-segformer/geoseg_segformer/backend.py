@@ -101,18 +101,7 @@ class HFSegmentationBackend(Backend):
             return torch.softmax(logits, dim=1).cpu().numpy().astype(np.float32, copy=False)
 
     def _select_bands(self, batch: ChipBatch) -> np.ndarray:
-        wanted = tuple(self.model_settings.band_names)
-        given = tuple(batch.band_names)
-        if given == wanted:
-            return batch.images
-        missing = [b for b in wanted if b not in given]
-        if missing:
-            raise BandError(
-                f"{batch.source or 'the source'}: the model reads bands {', '.join(wanted)} but "
-                f"the source has {', '.join(given)}; name its bands with --bands, e.g. "
-                + ",".join(f"{b}={i}" for i, b in enumerate(wanted, start=1))
-            )
-        return batch.images[:, [given.index(b) for b in wanted]]
+        return select_bands(batch, tuple(self.model_settings.band_names))
 
     def export_onnx(self, model, path, settings):
         """``geoseg export``: LoRA merged, normalisation baked in, softmax at chip size."""
@@ -135,3 +124,18 @@ class SegformerBackend(HFSegmentationBackend):
         "SegFormer land-cover classes (the hf backend under its earlier name: any "
         "Hugging Face segmentation checkpoint); LoRA or full fine-tuning, any bands"
     )
+
+
+def select_bands(batch: ChipBatch, wanted: tuple[str, ...]) -> np.ndarray:
+    """The batch's images (N, B, H, W) with the bands ``wanted``, in that order."""
+    given = tuple(batch.band_names)
+    if given == wanted:
+        return batch.images
+    missing = [b for b in wanted if b not in given]
+    if missing:
+        raise BandError(
+            f"{batch.source or 'the source'}: the model reads bands {', '.join(wanted)} but "
+            f"the source has {', '.join(given)}; name its bands with --bands, e.g. "
+            + ",".join(f"{b}={i}" for i, b in enumerate(wanted, start=1))
+        )
+    return batch.images[:, [given.index(b) for b in wanted]]

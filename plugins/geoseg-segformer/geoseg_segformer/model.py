@@ -143,8 +143,21 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_pretrained(checkpoint: str, classes: ClassMap | None = None):
-    """A semantic-segmentation model from a hub id or local folder.
+#: The transformers auto class of each model task of this plugin.
+AUTO_CLASSES = {
+    "segmentation": "AutoModelForSemanticSegmentation",
+    "classification": "AutoModelForImageClassification",
+}
+#: A checkpoint of each task to name in messages.
+EXAMPLE_CHECKPOINTS = {
+    "segmentation": "nvidia/mit-b0",
+    "classification": "google/vit-base-patch16-224-in21k",
+}
+
+
+def load_pretrained(checkpoint: str, classes: ClassMap | None = None, *, task="segmentation"):
+    """A semantic-segmentation model (``task="classification"``: an image classifier)
+    from a hub id or local folder.
 
     With ``classes``, the output head gets one channel per class in ClassMap order
     (re-initialised when the checkpoint's head has another size).
@@ -158,7 +171,8 @@ def load_pretrained(checkpoint: str, classes: ClassMap | None = None):
         }
     looks_local = _looks_local(checkpoint)
     try:
-        return drop_auxiliary_head(_from_pretrained(checkpoint_source(checkpoint), kwargs))
+        source = checkpoint_source(checkpoint, task=task)
+        return drop_auxiliary_head(_from_pretrained(source, kwargs, task=task))
     except OSError as exc:
         reason = _first_line(exc)
         if looks_local:
@@ -171,10 +185,11 @@ def load_pretrained(checkpoint: str, classes: ClassMap | None = None):
             ) from None
         raise WeightsError(f"cannot load {checkpoint!r}: {reason}") from None
     except ValueError as exc:
+        kind = "semantic-segmentation" if task == "segmentation" else "image-classification"
         raise WeightsError(
-            f"{checkpoint}: not a semantic-segmentation checkpoint transformers can load "
-            f"({_first_line(exc)}); use an AutoModelForSemanticSegmentation checkpoint such "
-            "as nvidia/mit-b0"
+            f"{checkpoint}: not a {kind} checkpoint transformers can load "
+            f"({_first_line(exc)}); use an {AUTO_CLASSES[task]} checkpoint such "
+            f"as {EXAMPLE_CHECKPOINTS[task]}"
         ) from None
 
 
@@ -197,17 +212,17 @@ def _looks_local(checkpoint: str) -> bool:
     return local.exists() or checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") > 1
 
 
-def checkpoint_source(checkpoint: str) -> str:
+def checkpoint_source(checkpoint: str, *, task: str = "segmentation") -> str:
     """What to hand to ``from_pretrained`` for a hub id or folder, without waiting on an
     unreachable hub; pickles refused. OSError "offline" when a hub id is not cached and
     the hub does not answer."""
     local = Path(checkpoint).expanduser()
     if _looks_local(checkpoint):
-        refuse_pickles(local, model_class="AutoModelForSemanticSegmentation")
+        refuse_pickles(local, model_class=AUTO_CLASSES[task])
         if not (local / "config.json").is_file():
             raise WeightsError(
                 f"{checkpoint}: not a model folder (no config.json); give a folder written by "
-                "save_pretrained / geoseg train, or a hub id such as nvidia/mit-b0"
+                f"save_pretrained / geoseg train, or a hub id such as {EXAMPLE_CHECKPOINTS[task]}"
             )
         return str(local)
     snapshot = cached_snapshot(checkpoint)
@@ -261,14 +276,15 @@ def cached_snapshot(repo_id: str) -> Path | None:
     return snapshot if any(snapshot.glob("*.safetensors")) else None
 
 
-def _from_pretrained(source: str, kwargs: dict[str, Any], **options: Any):
-    from transformers import AutoModelForSemanticSegmentation
+def _from_pretrained(
+    source: str, kwargs: dict[str, Any], *, task: str = "segmentation", **options: Any
+):
+    import transformers
 
+    auto_class = getattr(transformers, AUTO_CLASSES[task])
     with quiet_transformers():
         # Never the pickle fallback (pytorch_model.bin) a checkpoint may also carry.
-        return AutoModelForSemanticSegmentation.from_pretrained(
-            source, use_safetensors=True, **kwargs, **options
-        )
+        return auto_class.from_pretrained(source, use_safetensors=True, **kwargs, **options)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -584,11 +600,13 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
-def _load_adapter(folder: Path, settings: ModelSettings, *, merge: bool):
+def _load_adapter(
+    folder: Path, settings: ModelSettings, *, merge: bool, task: str = "segmentation"
+):
     from peft import PeftModel
 
     try:
-        base = load_pretrained(settings.base_model, settings.classes)
+        base = load_pretrained(settings.base_model, settings.classes, task=task)
     except WeightsError as exc:
         raise WeightsError(
             f"{folder} is a LoRA adapter on base checkpoint {settings.base_model}: {exc}"

@@ -1,5 +1,5 @@
-"""Entry point of the ``geoseg-segformer`` distribution: registers the ``hf`` backend and
-``segformer``, its earlier name."""
+"""Entry point of the ``geoseg-segformer`` distribution: registers the ``hf`` backend,
+``segformer`` (its earlier name) and ``hf-classifier`` (one class per chip)."""
 
 from __future__ import annotations
 
@@ -12,3 +12,6 @@ def register_backends(register) -> None:
 
     register(HFSegmentationBackend)
     register(SegformerBackend)
+    from geoseg_segformer.classify import HFClassifierBackend
+
+    register(HFClassifierBackend)

@@ -37,10 +37,15 @@ class SegmentationTask(TrainingTask):
     """Fine-tune a semantic-segmentation checkpoint (LoRA adapters or every weight) on
     any number of bands."""
 
+    #: The model task (``model.AUTO_CLASSES``), its default base checkpoint and learning rates.
+    model_task = "segmentation"
+    default_checkpoint = DEFAULT_CHECKPOINT
+    learning_rates = DEFAULT_LR
+
     def __init__(self, options: SegmentationOptions) -> None:
         self.options = options
-        self.default_lr = DEFAULT_LR[options.lora]
-        self.base_model = DEFAULT_CHECKPOINT
+        self.default_lr = self.learning_rates[options.lora]
+        self.base_model = self.default_checkpoint
         self.input_conv: str | None = None
         self.counts = (0, 0)
 
@@ -53,10 +58,10 @@ class SegmentationTask(TrainingTask):
                     f"(lora={str(bool(run.resumed['lora'])).lower()}); resume with the same options"
                 )
         else:
-            self.base_model = _base_model_id(run.settings.model)
+            self.base_model = _base_model_id(run.settings.model, self.default_checkpoint)
 
     def build_model(self, run: TrainingRun):
-        model = load_pretrained(self.base_model, run.classes)
+        model = load_pretrained(self.base_model, run.classes, task=self.model_task)
         self.input_conv = adapt_input_bands(model, run.dataset.band_names)
         if self.options.lora:
             trained = head_modules(model) + ([self.input_conv] if self.input_conv else [])
@@ -104,6 +109,7 @@ class SegmentationTask(TrainingTask):
             lora=self.options.lora,
             input_conv=self.input_conv,
             extra={
+                "task": self.model_task,
                 "trainable_parameters": trainable,
                 "total_parameters": total,
                 "trainable_percent": round(100.0 * trainable / max(total, 1), 4),
@@ -148,10 +154,10 @@ def _running_batch_statistics(model, *, single: bool) -> Iterator[None]:
 SegformerTask = SegmentationTask
 
 
-def _base_model_id(model: str | None) -> str:
+def _base_model_id(model: str | None, default: str = DEFAULT_CHECKPOINT) -> str:
     """The checkpoint to start from; local folders as absolute paths, so the adapter
     records where its base lives."""
     if not model:
-        return DEFAULT_CHECKPOINT
+        return default
     path = Path(model).expanduser()
     return str(path.resolve()) if path.is_dir() else model
