@@ -165,7 +165,7 @@ def predict(
     from geoseg.distributed import BackendSpec, absolute_path
     from geoseg.errors import OptionError
     from geoseg.manifest import check_backend
-    from geoseg.plugins import check_model_option
+    from geoseg.plugins import backend_class, check_model_option
     from geoseg.predict import expand_sources, plan_outputs
     from geoseg.raster import check_readable, parse_crs
     from geoseg.sources import is_special
@@ -186,6 +186,23 @@ def predict(
     check_backend(model, backend_name)  # a model folder trained by another backend
     if (min_area or simplify) and vector is None:
         raise OptionError("--min-area and --simplify shape the polygons of --vector; add --vector")
+    if backend_class(backend_name).capabilities().kind == "chips":
+        from geoseg.cli.predict_chips import predict_chip_sources
+
+        refused = {
+            "--vector": vector is not None, "--min-area": bool(min_area),
+            "--simplify": bool(simplify), "--probabilities": probabilities,
+            "--prompts": prompts is not None, "--dst-crs": dst_crs is not None,
+            "--workers/--scheduler": workers is not None or scheduler is not None,
+        }  # fmt: skip
+        spec = BackendSpec(
+            backend_name, tuple(options), str(config_file) if config_file else None, model, device
+        )
+        settings = PredictOptions(bands=bands, size=size, overlap=overlap,
+                                  batch_size=batch_size, overwrite=overwrite)  # fmt: skip
+        return predict_chip_sources(
+            sources, output, spec, settings, refused=refused, fail_fast=fail_fast, quiet=quiet
+        )
     source_paths = expand_sources(sources)
     single_file = len(sources) == 1 and (
         not Path(sources[0]).is_dir() or is_special(sources[0])  # a band folder is one source
