@@ -6,6 +6,12 @@ resampling, a vector file reprojected and rasterized (pixels no label polygon co
 count as class 0, background, or with ``unlabeled="ignore"`` are left out). Pixels that are 255 (ignore) or nodata in either
 the prediction or the labels are left out. A class without label pixels has no IoU,
 recall or F1 (only false positives could be counted) and stays out of the mean IoU.
+
+A chip prediction (``geoseg.chip_predict``'s GeoPackage) is scored per chip by
+``evaluate_chips``: each label feature (a chip of a chip set tiled with
+``--chip-labels``/``--class-folders``, or a labelled point or polygon) counts once,
+against the predicted chip that holds its representative point; the same ``Evaluation``
+counts chips instead of pixels.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ class Evaluation:
 
     classes: ClassMap
     confusion: np.ndarray
+    #: What the counts count: ``pixel``, or ``chip`` for a chip classifier's result.
+    unit: str = "pixel"
 
     @property
     def pixels(self) -> int:
@@ -102,12 +110,12 @@ class Evaluation:
                     "f1": _number(self.f1[i]),
                     "precision": _number(self.precision[i]),
                     "recall": _number(self.recall[i]),
-                    "label_pixels": int(self.support[i]),
-                    "predicted_pixels": int(self.predicted[i]),
+                    f"label_{self.unit}s": int(self.support[i]),
+                    f"predicted_{self.unit}s": int(self.predicted[i]),
                 }
             )
         return {
-            "pixels": self.pixels,
+            f"{self.unit}s": self.pixels,
             "overall_accuracy": _number(self.overall_accuracy),
             "mean_iou": _number(self.mean_iou),
             "classes_without_labels": [
@@ -136,16 +144,18 @@ class Evaluation:
                 f"{name:<{width}}  {_fmt(self.iou[i]):>6}  {_fmt(self.f1[i]):>6}  "
                 f"{_fmt(self.precision[i]):>9}  {_fmt(self.recall[i]):>6}  "
                 f"{int(self.support[i]):>10}  {int(self.predicted[i]):>10}"
-                + ("  no label pixels" if self.unreferenced[i] else "")
+                + (f"  no label {self.unit}s" if self.unreferenced[i] else "")
             )
         lines.append("")
         lines.append(
             f"overall accuracy {_fmt(self.overall_accuracy)}   mean IoU "
-            f"{_fmt(self.mean_iou)}   pixels {self.pixels}"
+            f"{_fmt(self.mean_iou)}   {self.unit}s {self.pixels}"
         )
         if self.unreferenced.any():
             left_out = ", ".join(n for n, u in zip(names, self.unreferenced, strict=True) if u)
-            lines.append(f"mean IoU leaves out the classes without label pixels: {left_out}")
+            lines.append(
+                f"mean IoU leaves out the classes without label {self.unit}s: {left_out}"
+            )
         lines.append("")
         lines.append("confusion matrix (rows: labels, columns: prediction)")
         cell = max(8, *(len(str(v)) for v in self.confusion.ravel()), *(len(n) for n in names))
@@ -225,3 +235,86 @@ def evaluate_mask(
     classes = classes.with_ids(observed.tolist()) if classes else ClassMap.from_ids(observed)
     ids = np.array(classes.ids)
     return Evaluation(classes, confusion[np.ix_(ids, ids)])
+
+
+def evaluate_chips(
+    pred_path: str | Path,
+    labels_path: str | Path,
+    *,
+    classes: ClassMap | None = None,
+    label_field: str | None = None,
+) -> Evaluation:
+    """Score a chip prediction (GeoPackage of ``geoseg.chip_predict``) against chip labels.
+
+    ``labels_path``: a chip set folder or its ``tiles.gpkg`` (the ``chip_class`` of each
+    chip), or a vector file of labelled points or polygons (``label_field``: class ids or
+    names, default the first of ``labels.DEFAULT_FIELDS``). Each label counts once, against
+    the predicted chip holding its representative point (the one whose centre is nearest
+    where chips overlap); labels outside every predicted chip are left out.
+    """
+    import geopandas as gpd
+    import shapely
+
+    from geoseg.chip_predict import CHIPS_LAYER, read_chip_classes
+    from geoseg.dataset import DATASET_FILE, TILES_FILE, TILES_LAYER
+    from geoseg.labels import _class_values, is_vector, label_layer
+
+    pred_path = check_readable(pred_path, what="chip prediction")
+    classes = classes or read_chip_classes(pred_path)
+    if classes is None:
+        raise InputFileError(
+            f"{pred_path}: not a chip prediction (no {CHIPS_LAYER!r} layer with classes); give "
+            "the <stem>.gpkg geoseg predict wrote for a chip backend"
+        )
+    labels_path = Path(labels_path)
+    layer, field = None, label_field
+    if labels_path.is_dir() and (labels_path / DATASET_FILE).is_file():
+        labels_path = labels_path / TILES_FILE
+    if not is_vector(labels_path):
+        raise LabelsError(
+            f"{labels_path}: a chip prediction is scored against chip labels: a chip set tiled "
+            "with --chip-labels or --class-folders, or points/polygons with a class field; "
+            "score a class raster against a pixel prediction instead"
+        )
+    check_readable(labels_path, what="labels")
+    chips = gpd.read_file(pred_path, layer=CHIPS_LAYER, engine="pyogrio")
+    if labels_path.suffix.lower() == ".gpkg" and label_layer(labels_path) == TILES_LAYER:
+        layer = TILES_LAYER
+    frame = gpd.read_file(labels_path, layer=layer or label_layer(labels_path), engine="pyogrio")
+    if layer == TILES_LAYER and field is None:
+        if "chip_class" not in frame.columns:
+            raise LabelsError(
+                f"{labels_path}: the chips have no class of their own; tile with --chip-labels "
+                "(or --class-folders) to score a chip prediction"
+            )
+        frame = frame[frame["chip_class"].notna() & (frame["chip_class"] >= 0)]
+        field = "chip_class"
+    frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
+    if frame.crs is None:
+        raise LabelsError(f"{labels_path}: labels have no CRS; assign one (ogr2ogr -a_srs)")
+    if frame.empty:
+        raise LabelsError(f"{labels_path}: holds no labelled chips, points or polygons")
+    frame = frame.to_crs(chips.crs)
+    _, label_ids = _class_values(labels_path, frame, field, classes, infer_classes=False)
+    points = shapely.point_on_surface(frame.geometry.values)
+    centres = shapely.centroid(chips.geometry.values)  # boxes: exact in any CRS
+    hits_label, hits_chip = chips.sindex.query(points, predicate="within")
+    # Where chips overlap, a label goes to the chip whose centre is nearest.
+    distance = shapely.distance(points[hits_label], centres[hits_chip])
+    order = np.lexsort((distance, hits_label))
+    first = np.unique(hits_label[order], return_index=True)[1]
+    label_index, chip_index = hits_label[order][first], hits_chip[order][first]
+    predicted = chips["class_id"].to_numpy()[chip_index].astype(np.int64)
+    truth = label_ids[label_index].astype(np.int64)
+    keep = truth != IGNORE_INDEX
+    if not keep.any():
+        raise LabelsError(
+            f"{labels_path}: no label lies in a predicted chip of {pred_path.name}; check that "
+            "both cover the same area"
+        )
+    counts = np.bincount(truth[keep] * 256 + predicted[keep], minlength=256 * 256)
+    confusion = counts.reshape(256, 256)
+    observed = np.flatnonzero(confusion.sum(axis=0) + confusion.sum(axis=1))
+    classes = classes.with_ids(observed.tolist())
+    ids = np.array(classes.ids)
+    return Evaluation(classes, confusion[np.ix_(ids, ids)], unit="chip")

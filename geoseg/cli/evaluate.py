@@ -56,8 +56,15 @@ def evaluate(prediction, labels, classes, label_field, unlabeled, json_path, ove
     is redone.
 
     \b
-    Example:
+    A chip prediction (the <stem>.gpkg of a chip backend such as hf-classifier) is
+    scored per chip against chip labels: a chip set tiled with --chip-labels or
+    --class-folders, or points/polygons with a class field (each counts once, in the chip
+    holding it).
+
+    \b
+    Examples:
       geoseg evaluate water.tif lakes.gpkg --json scores.json
+      geoseg evaluate chips_pred/scene.gpkg chips/ --json chip_scores.json
     """
     from geoseg.atomic import atomic_output, check_output_folder, output_complete
     from geoseg.classes import ClassMap
@@ -69,8 +76,15 @@ def evaluate(prediction, labels, classes, label_field, unlabeled, json_path, ove
             echo_skipped(json_path)
             return
     class_map = ClassMap.read(classes) if classes else None
+    if prediction.suffix.lower() == ".gpkg":
+        from geoseg.evaluate import evaluate_chips
+
+        result = evaluate_chips(prediction, labels, classes=class_map, label_field=label_field)
+    else:
+        _check_pixel_labels(labels)
+        result = None
     with ChipProgress(prediction.name, quiet=quiet, unit="window") as bar:
-        result = evaluate_mask(
+        result = result or evaluate_mask(
             prediction,
             labels,
             classes=class_map,
@@ -84,3 +98,15 @@ def evaluate(prediction, labels, classes, label_field, unlabeled, json_path, ove
         with atomic_output(json_path) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n")
         click.echo(f"json: {json_path}")
+
+
+def _check_pixel_labels(labels: Path) -> None:
+    """A chip set's chip labels cannot score a pixel mask: one line instead of a mix-up."""
+    from geoseg.dataset import DATASET_FILE
+    from geoseg.errors import LabelsError
+
+    if labels.is_dir() and (labels / DATASET_FILE).is_file():
+        raise LabelsError(
+            f"{labels}: a chip set scores a chip prediction (the .gpkg of a chip backend such as "
+            "hf-classifier); score a class mask against a label raster or polygons"
+        )
