@@ -78,7 +78,10 @@ class ChipJob:
         expect = {}
         if grid is not None:
             expect = dict(
-                width=grid.n_cols, height=grid.n_rows, crs=grid.crs, transform=coarse_transform(grid)
+                width=grid.n_cols,
+                height=grid.n_rows,
+                crs=grid.crs,
+                transform=coarse_transform(grid),
             )
         return (
             output_complete(self.raster, count=1, dtype="uint8", **expect)
@@ -89,7 +92,8 @@ class ChipJob:
     def clean_partials(self) -> int:
         """Delete temporary files interrupted runs of this job left; return how many."""
         return sum(
-            clean_partials(path.parent, path.name) for path in (self.vector, self.raster, self.style)
+            clean_partials(path.parent, path.name)
+            for path in (self.vector, self.raster, self.style)
         )
 
 
@@ -168,7 +172,6 @@ def classify_chips(
         fraction = np.zeros((grid.n_rows, grid.n_cols), np.float64)
         backend.begin_raster(source)
         pending = []
-        done = 0
 
         def flush() -> None:
             valid = np.stack([chip.valid for chip in pending])
@@ -194,14 +197,13 @@ def classify_chips(
                 ids[chip.tile.row, chip.tile.col] = class_ids[channel]
             pending.clear()
 
-        for tile in grid:
+        for done, tile in enumerate(grid, start=1):
             chip = source.read_chip(tile, names)
             fraction[tile.row, tile.col] = float(chip.valid.mean())
             if chip.valid.any():
                 pending.append(chip)
             if len(pending) == batch_size:
                 flush()
-            done += 1
             if progress is not None and (done % batch_size == 0 or done == len(grid)):
                 progress(done, len(grid))
         if pending:

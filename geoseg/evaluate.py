@@ -153,9 +153,7 @@ class Evaluation:
         )
         if self.unreferenced.any():
             left_out = ", ".join(n for n, u in zip(names, self.unreferenced, strict=True) if u)
-            lines.append(
-                f"mean IoU leaves out the classes without label {self.unit}s: {left_out}"
-            )
+            lines.append(f"mean IoU leaves out the classes without label {self.unit}s: {left_out}")
         lines.append("")
         lines.append("confusion matrix (rows: labels, columns: prediction)")
         cell = max(8, *(len(str(v)) for v in self.confusion.ravel()), *(len(n) for n in names))

@@ -742,7 +742,8 @@ def _write_dataset_json(
         "dtype": first.dtype.name,
         "nodata": first.nodata,
         "labels": str(settings.labels) if settings.labels else None,
-        "chip_labels": settings.chip_labels or ("class_folders" if settings.class_folders else None),
+        "chip_labels": settings.chip_labels
+        or ("class_folders" if settings.class_folders else None),
         "classes": classes.to_json() if classes is not None else [],
         "split": {
             "method": settings.split,

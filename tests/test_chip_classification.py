@@ -137,7 +137,9 @@ def _chips_backend_class():
             return Capabilities(kind="chips", classes=("land", "water", "quarry"), chip_size=16)
 
         def predict(self, batch):
-            mean = np.array([im[0][v].mean() for im, v in zip(batch.images, batch.valid)])
+            mean = np.array(
+                [im[0][v].mean() for im, v in zip(batch.images, batch.valid, strict=True)]
+            )
             best = np.clip(np.round(mean / 1000), 0, 2).astype(int)
             probabilities = np.full((len(batch), 3), 0.05, np.float32)
             probabilities[np.arange(len(batch)), best] = 0.9
@@ -173,9 +175,9 @@ def test_chip_predictions_land_on_the_chip_footprints(tmp_path, make_raster, inv
         quarry_colour = ClassMap.from_names(["land", "water", "quarry"]).by_id(2).rgb
         assert coarse.colormap(1)[2][:3] == tuple(quarry_colour)
     assert out.with_suffix(".qml").is_file()
-    assert "categorizedSymbol" in pyogrio.read_dataframe(out, layer="layer_styles")[
-        "styleQML"
-    ].iloc[0]
+    assert (
+        "categorizedSymbol" in pyogrio.read_dataframe(out, layer="layer_styles")["styleQML"].iloc[0]
+    )
 
     result = invoke("predict", scene, "-o", out, "--backend", "fake-chips", "--vector", expect=2)
     assert "--vector does not apply" in result.output

@@ -31,6 +31,7 @@ from geoseg.backend import Backend, Capabilities, ChipBatch, resolve_device
 from geoseg.classes import IGNORE_INDEX, ClassMap
 from geoseg.errors import BackendError, BandError, WeightsError
 from geoseg.training import TrainingRun
+from geoseg.weights import refuse_pickles
 from geoseg_segformer.backend import select_bands
 from geoseg_segformer.model import (
     RGB,
@@ -46,7 +47,6 @@ from geoseg_segformer.model import (
 )
 from geoseg_segformer.options import SegmentationOptions
 from geoseg_segformer.train import SegmentationTask, _running_batch_statistics
-from geoseg.weights import refuse_pickles
 
 log = logging.getLogger(__name__)
 

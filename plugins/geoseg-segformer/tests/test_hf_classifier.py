@@ -99,7 +99,10 @@ def test_vit_lora_trains_saves_adapter_and_head_and_predicts_on_the_chips(
     assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
     names = [c["name"] for c in settings["classes"]]
     assert list(chips["class_name"]) == [names[i] for i in probabilities.argmax(axis=1)]
-    with rasterio.open(land_cover.scene) as scene, rasterio.open(pred.with_suffix(".tif")) as coarse:
+    with (
+        rasterio.open(land_cover.scene) as scene,
+        rasterio.open(pred.with_suffix(".tif")) as coarse,
+    ):
         assert coarse.transform == scene.transform * Affine.scale(CHIP)
         assert coarse.crs == scene.crs and (coarse.width, coarse.height) == (6, 6)
         assert coarse.bounds == pytest.approx(scene.bounds)
