@@ -237,3 +237,23 @@ def test_backends_lists_the_kind(invoke, chips_backend):
     result = invoke("backends")
     line = next(li for li in result.output.splitlines() if li.startswith("fake-chips"))
     assert "kind=chips" in line
+
+
+def test_labelled_points_give_the_chips_holding_them_a_class(tmp_path, make_raster, invoke):
+    scene, _, classes = _labels_and_scene(tmp_path, make_raster)
+    points = gpd.GeoDataFrame(
+        {"class": ["quarry", "water", "water"]},
+        geometry=[Point(X0 + 400, Y0 - 240), Point(X0 + 5, Y0 - 5), Point(X0 + 25, Y0 - 15)],
+        crs="EPSG:32614",
+    )
+    points.to_file(tmp_path / "sites.gpkg")
+    out = tmp_path / "chips"
+    invoke(
+        "tile", scene, "-o", out, "--size", 16, "--overlap", 0, "--labels",
+        tmp_path / "sites.gpkg", "--label-field", "class", "--classes", classes,
+        "--unlabeled", "ignore", "--chip-labels", "majority", "-q",
+    )  # fmt: skip
+    dataset = ChipDataset.open(out)
+    labelled = {(r.row, r.col): r.chip_class for r in dataset.records if r.chip_class is not None}
+    assert labelled == {(1, 2): 2, (0, 0): 1}  # both water points fall in chip (0, 0)
+    assert dataset.has_chip_labels
