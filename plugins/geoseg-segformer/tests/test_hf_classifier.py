@@ -179,3 +179,19 @@ def test_a_hub_style_checkpoint_answers_as_its_image_processor_and_model(
         "--model", base, "--bands", "red=4,green=2,blue=3,x=1", "--size", 64,
     )  # fmt: skip
     assert "chips:" in result.output  # any band order: the model picks red, green, blue
+
+
+def test_vit_base_lora_trains_the_share_of_the_lora_recipe():
+    """ViT-base (shapes only, on the meta device) with 101 classes: rank-16 adapters on
+    q_proj/v_proj plus the head are 667,493 weights, the 0.77% of Hugging Face's LoRA
+    image-classification recipe (Food-101)."""
+    from geoseg_segformer.classify import ClassificationOptions
+    from geoseg_segformer.model import apply_lora, head_modules, parameter_counts
+    from transformers import ViTConfig, ViTForImageClassification
+
+    with torch.device("meta"):
+        model = ViTForImageClassification(ViTConfig(num_labels=101))
+        model = apply_lora(model, ClassificationOptions(), head_modules(model))
+    trainable, total = parameter_counts(model)
+    assert (trainable, total) == (667_493, 86_466_149)
+    assert 100 * trainable / total == pytest.approx(0.772, abs=1e-3)
