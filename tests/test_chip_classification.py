@@ -257,3 +257,19 @@ def test_labelled_points_give_the_chips_holding_them_a_class(tmp_path, make_rast
     labelled = {(r.row, r.col): r.chip_class for r in dataset.records if r.chip_class is not None}
     assert labelled == {(1, 2): 2, (0, 0): 1}  # both water points fall in chip (0, 0)
     assert dataset.has_chip_labels
+
+
+def test_chips_without_a_valid_pixel_are_left_out(tmp_path, make_raster, invoke, chips_backend):
+    data = np.full((4, 32, 48), 2005, np.uint16)
+    data[:, :16, :16] = 0  # chip (0, 0) is nodata
+    data[:, 16:, 40:] = 0  # chip (1, 2) is half nodata
+    scene = make_raster("holes.tif", data=data, nodata=0, transform=TRANSFORM)
+    out = tmp_path / "holes"
+    invoke("predict", scene, "-o", out, "--backend", "fake-chips", "-q")
+    chips = gpd.read_file(out / "holes.gpkg", layer="chips")
+    assert (0, 0) not in set(zip(chips["row"], chips["col"], strict=True)) and len(chips) == 5
+    partial = chips[(chips["row"] == 1) & (chips["col"] == 2)]
+    assert partial["valid_fraction"].iloc[0] == pytest.approx(0.5)
+    with rasterio.open(out / "holes.tif") as coarse:
+        assert coarse.nodata == 255
+        np.testing.assert_array_equal(coarse.read(1), [[255, 2, 2], [2, 2, 2]])

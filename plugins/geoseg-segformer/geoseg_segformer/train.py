@@ -24,6 +24,7 @@ from geoseg_segformer.model import (
     head_modules,
     load_pretrained,
     parameter_counts,
+    quiet_transformers,
     segmentation_logits,
 )
 from geoseg_segformer.options import DEFAULT_CHECKPOINT, SegmentationOptions
@@ -90,7 +91,8 @@ class SegmentationTask(TrainingTask):
         return logits.argmax(dim=1), loss
 
     def save_weights(self, model, folder: Path, run: TrainingRun) -> None:
-        model.save_pretrained(str(folder))
+        with quiet_transformers():  # no "Writing model shards" bar between epoch lines
+            model.save_pretrained(str(folder))
         # peft writes a template model card; the plugin README documents the folder.
         (folder / "README.md").unlink(missing_ok=True)
         pattern = "adapter_*" if self.options.lora else "*.safetensors"
