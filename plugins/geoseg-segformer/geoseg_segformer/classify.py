@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from geoseg.backend import Backend, Capabilities, ChipBatch, resolve_device
 from geoseg.classes import IGNORE_INDEX, ClassMap
+from geoseg.config import option
 from geoseg.errors import BackendError, BandError, WeightsError
 from geoseg.training import TrainingRun
 from geoseg.weights import refuse_pickles
@@ -65,7 +66,12 @@ class ClassificationOptions(SegmentationOptions):
     """The segmentation options (LoRA ``r``, ``alpha``, ``dropout``, ``lora_targets``, the
     training core's), with the best epoch picked by chip accuracy."""
 
-    monitor: Literal["mean_iou", "overall_accuracy", "val_loss"] = "overall_accuracy"
+    monitor: Literal["mean_iou", "overall_accuracy", "val_loss"] = option(
+        "overall_accuracy",
+        applies="train",
+        help="The metric that picks the best epoch: overall_accuracy (the share of chips "
+        "classed right), mean_iou or val_loss.",
+    )
 
 
 def classification_logits(model, pixel_values):
