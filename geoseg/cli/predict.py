@@ -155,6 +155,10 @@ def predict(
     one (paths are made absolute here; its workers must see them at the same paths):
     one task per raster, large rasters in blocks of chip rows, same masks and messages.
 
+    A chip classifier (a backend of kind chips, e.g. hf-classifier) answers one class
+    per chip instead: <stem>.gpkg (chip footprints with class and probabilities) and
+    <stem>.tif (one pixel per chip) for each source; OUTPUT may then end in .gpkg.
+
     \b
     Examples:
       geoseg predict naip.tif -o water.tif --backend spectral --bands naip --vector
@@ -184,8 +188,6 @@ def predict(
     parse_crs(dst_crs)
     check_model_option(backend_name, model)
     check_backend(model, backend_name)  # a model folder trained by another backend
-    if (min_area or simplify) and vector is None:
-        raise OptionError("--min-area and --simplify shape the polygons of --vector; add --vector")
     if backend_class(backend_name).capabilities().kind == "chips":
         from geoseg.cli.predict_chips import predict_chip_sources
 
@@ -203,6 +205,8 @@ def predict(
         return predict_chip_sources(
             sources, output, spec, settings, refused=refused, fail_fast=fail_fast, quiet=quiet
         )
+    if (min_area or simplify) and vector is None:
+        raise OptionError("--min-area and --simplify shape the polygons of --vector; add --vector")
     source_paths = expand_sources(sources)
     single_file = len(sources) == 1 and (
         not Path(sources[0]).is_dir() or is_special(sources[0])  # a band folder is one source
