@@ -27,19 +27,6 @@ from geoseg.cli.options import (
 @click.command(short_help="Cut rasters (and labels) into georeferenced chips.")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
-    "--chip-labels",
-    default=None,
-    metavar="majority|centre|any:CLASS",
-    help="Also give each chip one class from its pixel labels (for chip classifiers): "
-    "the most frequent, the centre pixel's, or CLASS when any pixel has it.",
-)
-@click.option(
-    "--class-folders",
-    is_flag=True,
-    help="SOURCES are folders holding one subfolder of georeferenced patches per class "
-    "(EuroSAT style); each chip's class is its folder's name.",
-)
-@click.option(
     "-o",
     "--output",
     "out_dir",
@@ -75,6 +62,19 @@ from geoseg.cli.options import (
     default="background",
     show_default=True,
     help="Vector labels: class of pixels outside every polygon.",
+)
+@click.option(
+    "--chip-labels",
+    default=None,
+    metavar="majority|centre|any:CLASS",
+    help="Also give each chip one class from its pixel labels (for chip classifiers): "
+    "the most frequent, the centre pixel's, or CLASS when any pixel has it.",
+)
+@click.option(
+    "--class-folders",
+    is_flag=True,
+    help="SOURCES are folders holding one subfolder of georeferenced patches per class "
+    "(EuroSAT style); each chip's class is its folder's name.",
 )
 @dst_crs_option
 @resolution_option
@@ -120,8 +120,6 @@ from geoseg.cli.options import (
 @quiet_option
 def tile(
     sources,
-    chip_labels,
-    class_folders,
     out_dir,
     size,
     overlap,
@@ -130,6 +128,8 @@ def tile(
     label_field,
     classes,
     unlabeled,
+    chip_labels,
+    class_folders,
     dst_crs,
     resolution,
     resampling,
@@ -159,8 +159,9 @@ def tile(
 
     --chip-labels also writes one class per chip (chip_class in tiles.gpkg, counts in
     dataset.json) for chip classifiers; with --labels of points, add --unlabeled ignore
-    so a chip takes the class of the points inside it. --class-folders reads DIR/<class>/
-    *.tif instead; the chip size is then the patches' size unless --size is given.
+    so a chip takes the class of the points inside it. --class-folders reads
+    DIR/<class>/*.tif instead; the chip size is then the patches' size unless --size
+    is given.
 
     \b
     Examples:
