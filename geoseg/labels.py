@@ -120,7 +120,7 @@ class RasterLabels:
             self._src.close()
             raise
         self._grid = grid
-        self.classes = classes
+        self.classes = classes or read_class_metadata(self._src)
 
     def _check(self, grid) -> None:
         src = self._src

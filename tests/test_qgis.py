@@ -575,3 +575,44 @@ def test_processing_loads_outputs_styled_cancels_and_runs_in_models(qgis, tmp_pa
     assert not ok and any("cancelled" in error for error in errors)
     assert report["files"] == ["m.gpkg", "m.qml", "m.tif"]  # nothing of the cancelled run
     assert report["model"] == ["water"]  # predict -> vectorize as a Processing model
+
+
+def test_classify_chips_runs_from_qgis_process(qgis_process, tmp_path):
+    """A chip classifier from Processing: Tile with chip labels, then Classify chips, whose
+    footprints and coarse raster open styled by class on the source grid."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("geoseg_segformer")
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    tiny = ViTConfig(
+        image_size=128, patch_size=32, hidden_size=16, num_hidden_layers=1,
+        num_attention_heads=1, intermediate_size=32, num_labels=2,
+    )  # fmt: skip
+    ViTForImageClassification(tiny).save_pretrained(tmp_path / "tiny")
+    geoseg("predict", SAMPLE, "--backend", "spectral", "--bands", "naip", "-o",
+           tmp_path / "naip.tif", "-q")  # fmt: skip
+    qgis_process(
+        "geoseg:tile", "--", f"INPUT={SAMPLE}", "BANDS=naip", "SIZE=128", "OVERLAP=0",
+        f"LABELS={tmp_path / 'naip.tif'}", "CHIP_LABELS=majority", f"OUTPUT={tmp_path / 'chips'}",
+    )  # fmt: skip
+    info = json.loads((tmp_path / "chips" / "dataset.json").read_text())
+    assert info["chip_labels"] == "majority" and sum(info["counts"]["class_chips"].values()) == 48
+    geoseg("train", tmp_path / "chips", "--backend", "hf-classifier", "--model",
+           tmp_path / "tiny", "-o", tmp_path / "model", "--epochs", "1", "-q")  # fmt: skip
+    classified = qgis_process(
+        "geoseg:classify", "--", f"INPUT={SAMPLE}", "BACKEND=hf-classifier", "BANDS=naip",
+        f"MODEL={tmp_path / 'model'}", f"OUTPUT={tmp_path / 'classes.tif'}",
+    )  # fmt: skip
+    chips = f"{tmp_path / 'classes.gpkg'}|layername=chips"
+    assert classified["results"] == {"OUTPUT": str(tmp_path / "classes.tif"), "CHIPS": chips}
+    with rasterio.open(SAMPLE) as source, rasterio.open(tmp_path / "classes.tif") as coarse:
+        step = 128 * source.res[0]
+        assert coarse.crs == source.crs and coarse.shape == (6, 8)
+        assert coarse.transform == source.transform * rasterio.Affine.scale(128)
+        assert coarse.res == (step, step)
+    report = run_probe(tmp_path, {"coarse": str(tmp_path / "classes.tif"), "chips": chips})
+    assert report["coarse"]["renderer"] == "paletted"
+    assert report["chips"]["renderer"] == "categorizedSymbol"
+    assert report["chips"]["features"] == 48

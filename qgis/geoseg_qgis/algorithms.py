@@ -141,8 +141,8 @@ class GeosegAlgorithm(QgsProcessingAlgorithm):
             "red=1,green=2,blue=3,nir=4 (empty: the file's band descriptions)",
         )
 
-    def add_backend(self, trains: bool = False):
-        names = self.geoseg_provider().backend_names(trains=trains)
+    def add_backend(self, trains: bool = False, kind: str | None = "pixels"):
+        names = self.geoseg_provider().backend_names(trains=trains, kind=kind)
         self.addParameter(
             QgsProcessingParameterEnum(
                 "BACKEND",
@@ -276,6 +276,58 @@ class PredictAlgorithm(GeosegAlgorithm):
         return args, results
 
 
+class ClassifyChipsAlgorithm(GeosegAlgorithm):
+    command = "predict"
+    title = "Classify chips"
+    help_text = (
+        "Runs geoseg predict with a chip classifier (a backend of kind chips, e.g. "
+        "hf-classifier): one class per chip, as chip footprints with the class and its "
+        "probabilities (GeoPackage, styled by class) and a coarse class raster, one pixel per "
+        "chip (Cloud Optimized GeoTIFF with its .qml)."
+    )
+
+    def name(self):
+        return "classify"
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.add_raster("INPUT", "Orthoimage or satellite raster")
+        self.add_backend(kind="chips")
+        self.add_bands()
+        self.addParameter(
+            QgsProcessingParameterFile(
+                "MODEL",
+                "Model folder (from geoseg train) or a classification checkpoint folder",
+                behavior=QgsProcessingParameterFile.Folder,
+            )
+        )
+        self.add_string("SIZE", "Chip size: pixels, or metres with m (empty: the model's)")
+        self.add_string("OVERLAP", "Overlap: pixels, or metres with m (empty: none)")
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                "DEVICE", "Device", options=DEVICES, defaultValue="auto", usesStaticStrings=True
+            )
+        )
+        self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Coarse class raster"))
+        self.addOutput(QgsProcessingOutputVectorLayer("CHIPS", "Chip classes"))
+
+    def arguments(self, parameters, context, feedback):
+        output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
+        if not output.lower().endswith((".tif", ".tiff")):
+            raise QgsProcessingException(f"{output}: the class raster is written as .tif")
+        args = [self.raster_path(parameters, "INPUT", context), "-o", output, "--overwrite"]
+        args += ["--backend", self.parameterAsEnumString(parameters, "BACKEND", context)]
+        _flag(args, "--bands", self.text(parameters, "BANDS", context))
+        _flag(args, "--model", self.text(parameters, "MODEL", context))
+        _flag(args, "--size", self.text(parameters, "SIZE", context))
+        _flag(args, "--overlap", self.text(parameters, "OVERLAP", context))
+        _flag(args, "--device", self.parameterAsEnumString(parameters, "DEVICE", context))
+        chips = f"{os.path.splitext(output)[0]}.gpkg|layername=chips"
+        if context.project() is not None:
+            details = QgsProcessingContext.LayerDetails("chip classes", context.project(), "CHIPS")
+            context.addLayerToLoadOnCompletion(chips, details)
+        return args, {"OUTPUT": output, "CHIPS": chips}
+
+
 class TileAlgorithm(GeosegAlgorithm):
     command = "tile"
     title = "Tile into training chips"
@@ -302,6 +354,11 @@ class TileAlgorithm(GeosegAlgorithm):
         self.addParameter(
             QgsProcessingParameterFile("CLASSES", "Classes JSON", extension="json", optional=True)
         )
+        self.add_string(
+            "CHIP_LABELS",
+            "One class per chip, for chip classifiers: majority, centre or any:CLASS (empty: "
+            "pixel labels only)",
+        )
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Chip folder"))
         self.addOutput(QgsProcessingOutputVectorLayer("TILES", "Chip footprints"))
 
@@ -314,6 +371,7 @@ class TileAlgorithm(GeosegAlgorithm):
         _flag(args, "--labels", self.layer_path(parameters, "LABELS", context))
         _flag(args, "--label-field", self.text(parameters, "LABEL_FIELD", context))
         _flag(args, "--classes", self.text(parameters, "CLASSES", context))
+        _flag(args, "--chip-labels", self.text(parameters, "CHIP_LABELS", context))
         tiles = os.path.join(output, "tiles.gpkg")
         if context.project() is not None:
             details = QgsProcessingContext.LayerDetails(
@@ -336,7 +394,7 @@ class TrainAlgorithm(GeosegAlgorithm):
                 behavior=QgsProcessingParameterFile.Folder,
             )
         )
-        self.add_backend(trains=True)
+        self.add_backend(trains=True, kind=None)
         self.addParameter(
             QgsProcessingParameterFile(
                 "MODEL",
@@ -562,6 +620,7 @@ class ExportAlgorithm(GeosegAlgorithm):
 
 ALGORITHMS = (
     PredictAlgorithm,
+    ClassifyChipsAlgorithm,
     TileAlgorithm,
     TrainAlgorithm,
     ExportAlgorithm,

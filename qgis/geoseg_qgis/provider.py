@@ -11,6 +11,8 @@ from .runner import GeosegCommandError, backends, find_executable
 EXECUTABLE_SETTING = "GEOSEG_EXECUTABLE"
 #: Backends offered when ``geoseg backends --json`` cannot be asked.
 FALLBACK_BACKENDS = ["spectral"]
+#: Offered for chip classification when ``geoseg backends --json`` cannot be read.
+FALLBACK_CHIP_BACKENDS = ["hf-classifier"]
 
 
 class GeosegProvider(QgsProcessingProvider):
@@ -56,8 +58,9 @@ class GeosegProvider(QgsProcessingProvider):
 
         return find_executable(ProcessingConfig.getSetting(EXECUTABLE_SETTING))
 
-    def backend_names(self, trains: bool = False) -> list[str]:
-        """Installed backends (those that train), read once from ``geoseg backends --json``."""
+    def backend_names(self, trains: bool = False, kind: str | None = "pixels") -> list[str]:
+        """Installed backends (those that train; of ``kind`` pixels or chips, None: both),
+        read once from ``geoseg backends --json``."""
         if self._backends is None:
             try:
                 self._backends = backends(self.executable())
@@ -71,9 +74,11 @@ class GeosegProvider(QgsProcessingProvider):
         names = [
             name
             for name, record in self._backends.items()
-            if not trains or record.get("capabilities", {}).get("trains")
+            if (not trains or record.get("capabilities", {}).get("trains"))
+            and kind in (None, record.get("capabilities", {}).get("kind", "pixels"))
         ]
-        return names or list(FALLBACK_BACKENDS)
+        fallback = FALLBACK_CHIP_BACKENDS if kind == "chips" else FALLBACK_BACKENDS
+        return names or list(fallback)
 
     def loadAlgorithms(self):  # noqa: N802
         self._backends = None  # refreshed with the algorithms (e.g. after a setting change)
