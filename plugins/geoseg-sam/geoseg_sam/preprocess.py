@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from geoseg.errors import BandError
+from geoseg.resize import resize_8bit
 
 #: ImageNet statistics, SamImageProcessor's defaults.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -98,7 +99,13 @@ class BandStretch:
 
 @dataclass(frozen=True)
 class ModelInput:
-    """SAM's input frame: square ``size`` pixels, normalised with ``mean`` / ``std`` (0..1 scale)."""
+    """SAM's input frame: square ``size`` pixels, normalised with ``mean`` / ``std`` (0..1 scale).
+
+    Every step follows ``SamProcessor`` and ``SamImageProcessor.post_process_masks``, so a
+    checkpoint sees chips and prompts as in its authors' pipeline: the 8-bit chip resized
+    as PIL does, prompt coordinates scaled per axis, and masks upsampled to the padded
+    input, cropped and resampled onto the chip.
+    """
 
     size: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -109,35 +116,41 @@ class ModelInput:
         scale = self.size / max(height, width)
         return int(height * scale + 0.5), int(width * scale + 0.5)
 
-    def scale(self, height: int, width: int) -> float:
-        return self.size / max(height, width)
+    def axis_scales(self, height: int, width: int) -> tuple[float, float]:
+        """x and y factors from chip to model frame (each axis rounds on its own)."""
+        new_h, new_w = self.resized_shape(height, width)
+        return new_w / width, new_h / height
 
     def pixel_values(self, images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
         """Normalised float32 (N, 3, size, size) from uint8 chips (N, 3, H, W)."""
         height, width = images.shape[-2:]
-        pixels = torch.from_numpy(np.ascontiguousarray(images)).to(device, torch.float32)
         new_h, new_w = self.resized_shape(height, width)
-        if (new_h, new_w) != (height, width):
-            pixels = F.interpolate(
-                pixels,
-                size=(new_h, new_w),
-                mode="bilinear",
-                align_corners=False,
-                antialias=new_h < height,
-            )
+        # SamImageProcessor's default (and only sensible) filter: bilinear.
+        pixels = resize_8bit(images, new_h, new_w, device=device)
         mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
         pixels = (pixels / 255.0 - mean) / std
         return F.pad(pixels, (0, self.size - new_w, 0, self.size - new_h))
 
     def points(self, points: np.ndarray, height: int, width: int) -> np.ndarray:
-        """Chip points (K, 2) x, y (pixel centres at +0.5) in SAM's frame, whose centres are integers."""
-        return points.astype(np.float32) * self.scale(height, width) - 0.5
+        """Chip points (K, 2) x, y in SAM's frame.
+
+        geoseg's chip coordinates put pixel centres at +0.5; SAM's put them on integers
+        (its prompt encoder adds the 0.5 back), and ``SamProcessor`` scales those.
+        """
+        scale_x, scale_y = self.axis_scales(height, width)
+        scaled = points.astype(np.float32) - 0.5
+        scaled[..., 0] *= scale_x
+        scaled[..., 1] *= scale_y
+        return scaled
 
     def boxes(self, boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-        """Chip boxes (M, 4) on pixel edges in SAM's frame (corner pixels' centres)."""
-        scaled = boxes.astype(np.float32) * self.scale(height, width)
-        scaled[:, 2:] -= 1.0
+        """Chip boxes (M, 4) on pixel edges in SAM's frame: the corner pixels, scaled."""
+        scale_x, scale_y = self.axis_scales(height, width)
+        scaled = boxes.astype(np.float32).copy()
+        scaled[..., 2:] -= 1.0
+        scaled[..., 0::2] *= scale_x
+        scaled[..., 1::2] *= scale_y
         return scaled
 
     def low_res_shape(self, low_res: int, height: int, width: int) -> tuple[int, int]:
@@ -148,12 +161,20 @@ class ModelInput:
         )
 
     def masks_to_chip(self, low_res: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """Decoder logits (..., L, L) resampled onto the chip (..., height, width)."""
+        """Decoder logits (..., L, L) resampled onto the chip (..., height, width).
+
+        As ``post_process_masks``: up to the padded input size, cropped to the resized
+        chip, then onto the chip (resampling straight from the low-res crop differs by
+        up to a few hundredths in the logits).
+        """
         lead = low_res.shape[:-2]
         size = low_res.shape[-1]
         flat = low_res.reshape(-1, 1, size, size).float()
-        crop_h, crop_w = self.low_res_shape(size, height, width)
-        flat = flat[..., :crop_h, :crop_w]
+        new_h, new_w = self.resized_shape(height, width)
+        flat = F.interpolate(
+            flat, size=(self.size, self.size), mode="bilinear", align_corners=False
+        )
+        flat = flat[..., :new_h, :new_w]
         flat = F.interpolate(flat, size=(height, width), mode="bilinear", align_corners=False)
         return flat.reshape(*lead, height, width)
 
