@@ -36,6 +36,7 @@ class HFSegmentationBackend(Backend):
         self._net: Any = None
         self._settings: Any = None
         self._chip_size: int | None = None
+        self._input: Any = None
         self._device = "cpu"
 
     @classmethod
@@ -59,10 +60,14 @@ class HFSegmentationBackend(Backend):
                 "nvidia/segformer-b0-finetuned-ade-512-512"
             )
         from geoseg.manifest import read_manifest
-        from geoseg_segformer.model import load_for_prediction
+        from geoseg_segformer.model import SETTINGS_FILE, load_for_prediction, load_image_processor
+        from geoseg_segformer.processor import checkpoint_input
 
         self._device = resolve_device(device)
         self._net, self._settings = load_for_prediction(str(model), self._device)
+        # A checkpoint geoseg did not train sees chips as its image processor shows it images.
+        trained = (Path(str(model)).expanduser() / SETTINGS_FILE).is_file()
+        self._input = None if trained else checkpoint_input(load_image_processor(str(model)))
         manifest = read_manifest(model) if Path(str(model)).expanduser().is_dir() else None
         self._chip_size = (manifest or {}).get("chip_size")
         log.info(
@@ -85,19 +90,27 @@ class HFSegmentationBackend(Backend):
         import torch
 
         from geoseg_segformer.model import segmentation_logits
+        from geoseg_segformer.processor import resize_chips
 
         settings = self.model_settings
         images = self._select_bands(batch)
-        mean = np.asarray(settings.mean, np.float32)[None, :, None, None]
-        std = np.asarray(settings.std, np.float32)[None, :, None, None]
-        pixels = (images.astype(np.float32, copy=False) - mean) / std
-        pixels *= batch.valid[:, None]
-        height, width = pixels.shape[-2:]
+        height, width = images.shape[-2:]
         with torch.inference_mode():
-            tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(self._device)
+            pixels = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+            pixels = pixels.to(self._device)
+            valid = torch.from_numpy(np.ascontiguousarray(batch.valid)).to(self._device)
+            if self._input is not None:
+                shape = self._input.model_shape(height, width)
+                pixels, valid = resize_chips(pixels, valid, shape, self._input.resample)
+            mean = torch.tensor(settings.mean, dtype=torch.float32, device=self._device)
+            std = torch.tensor(settings.std, dtype=torch.float32, device=self._device)
+            pixels = (pixels - mean[:, None, None]) / std[:, None, None]
+            pixels *= valid[:, None]
+            if self._input is not None and self._input.flip_channels:
+                pixels = pixels.flip(1)  # RGB to BGR, after normalising (MobileViT's order)
             # Most of these models predict at reduced resolution: upsampled to the chip
             # before the engine blends overlapping chips.
-            logits = segmentation_logits(self._net, tensor, (height, width))
+            logits = segmentation_logits(self._net, pixels, (height, width))
             return torch.softmax(logits, dim=1).cpu().numpy().astype(np.float32, copy=False)
 
     def _select_bands(self, batch: ChipBatch) -> np.ndarray:

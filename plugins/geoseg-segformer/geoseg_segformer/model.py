@@ -241,14 +241,7 @@ def image_normalization(checkpoint: str, channels: int) -> tuple[tuple, tuple]:
     """Mean and std in raw 8-bit units from the checkpoint's ``AutoImageProcessor``
     (rescale, then its ``image_mean``/``image_std``); ImageNet's when it has none."""
     mean, std, scale = IMAGENET_MEAN, IMAGENET_STD, 1 / 255
-    processor = None
-    try:
-        from transformers import AutoImageProcessor
-
-        with quiet_transformers():
-            processor = AutoImageProcessor.from_pretrained(checkpoint_source(checkpoint))
-    except (OSError, ValueError, KeyError) as exc:
-        log.debug("%s: no image processor (%s); ImageNet normalisation", checkpoint, exc)
+    processor = load_image_processor(checkpoint)
     if processor is not None:
         if getattr(processor, "do_normalize", True):
             mean = tuple(np.atleast_1d(getattr(processor, "image_mean", None) or mean))
@@ -260,6 +253,18 @@ def image_normalization(checkpoint: str, channels: int) -> tuple[tuple, tuple]:
     if len(mean) != channels:
         mean, std = (float(np.mean(mean)),) * channels, (float(np.mean(std)),) * channels
     return tuple(float(m) / scale for m in mean), tuple(float(s) / scale for s in std)
+
+
+def load_image_processor(checkpoint: str):
+    """The checkpoint's ``AutoImageProcessor``, or None when it has none."""
+    try:
+        from transformers import AutoImageProcessor
+
+        with quiet_transformers():
+            return AutoImageProcessor.from_pretrained(checkpoint_source(checkpoint))
+    except (OSError, ValueError, KeyError) as exc:
+        log.debug("%s: no image processor (%s); ImageNet normalisation", checkpoint, exc)
+        return None
 
 
 def cached_snapshot(repo_id: str) -> Path | None:
