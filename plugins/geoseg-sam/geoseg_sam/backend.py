@@ -123,13 +123,17 @@ class SamBackend(Backend):
         }
 
     def begin_raster(self, source: RasterSource) -> None:
-        """Zero-shot on imagery that is not 8-bit: measure a stretch over this raster."""
+        """Zero-shot: 8-bit imagery as it is (SAM's own pipeline), other imagery stretched
+        between ``percentiles`` measured over this raster (``stretch`` overrides either)."""
         from geoseg_sam.preprocess import BandStretch, select_bands
 
         self.raster_stretch = None
         if self.stretch is not None:
             return
-        if np.dtype(source.dtype) == np.uint8:
+        mode = self.options.stretch
+        if mode is None:
+            mode = "off" if np.dtype(source.dtype) == np.uint8 else "percentile"
+        if mode == "off":
             self.raster_stretch = BandStretch.identity(self.bands)
             return
         from rasterio.windows import Window
@@ -148,7 +152,7 @@ class SamBackend(Backend):
                         valid,
                     )
 
-        self.raster_stretch = BandStretch.fit(windows(), self.bands, (2.0, 98.0), rng)
+        self.raster_stretch = BandStretch.fit(windows(), self.bands, self.options.percentiles, rng)
 
     def predict(self, batch: ChipBatch) -> np.ndarray:
         """(N, 2, H, W) float32 probabilities of background and the model's class."""

@@ -11,6 +11,7 @@ from geoseg.training import TrainingOptions
 
 PROMPT_KINDS = ("points", "boxes")
 MULTIMASK_MODES = ("mean", "best", "single")
+STRETCH_MODES = ("percentile", "off")
 LOSSES = ("dice", "dicece", "focal")
 #: Erosion radius (pixels) used by ``erode=true``.
 DEFAULT_ERODE = 3
@@ -80,6 +81,12 @@ class SamOptions(TrainingOptions):
     percentiles: tuple[float, float] = option(
         (2.0, 98.0), help="Low and high percentiles of the 8-bit stretch."
     )
+    stretch: Literal["percentile", "off"] | None = option(
+        None,
+        help="8-bit stretch: percentile (between percentiles) or off (values as 8-bit as "
+        "they are, as SAM's own pipeline reads them); default: percentile, except zero-shot "
+        "on 8-bit rasters.",
+    )
     target: str | None = option(
         None, applies="train", help="The class to segment when the chip set has more than one."
     )
@@ -114,6 +121,10 @@ class SamOptions(TrainingOptions):
                 raise OptionError(
                     f"option {name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
                 )
+        if self.stretch is not None and self.stretch not in STRETCH_MODES:
+            raise OptionError(
+                f"option stretch must be one of {', '.join(STRETCH_MODES)}, got {self.stretch!r}"
+            )
         for name in ("positive", "negative", "perturb", "max_prompts"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -179,6 +179,8 @@ def _target_class(dataset: ChipDataset, options: SamOptions) -> tuple[str, int]:
 def _fit_stretch(
     dataset: ChipDataset, records: list[ChipRecord], options: SamOptions, rng: np.random.Generator
 ) -> BandStretch:
+    if options.stretch == "off":
+        return BandStretch.identity(options.bands)
     chosen = records
     if len(records) > STRETCH_CHIPS:
         chosen = [

@@ -238,18 +238,29 @@ def test_cached_embeddings_decode_as_the_direct_path(tiny_sam, backends, tmp_pat
     np.testing.assert_allclose(backend_result, results[0], atol=1e-6)
 
 
-def test_cli_predict_with_a_prompts_file_matches_the_reference(tiny_sam, reference, tmp_path):
-    """``geoseg predict --backend sam --prompts FILE`` on a georeferenced NAIP crop, one chip."""
+@pytest.mark.parametrize(
+    ("dtype", "options"),
+    [("uint8", ()), ("uint16", ("--option", "stretch=off"))],
+    ids=["8-bit default", "16-bit stretch=off"],
+)
+def test_cli_predict_with_a_prompts_file_matches_the_reference(
+    dtype, options, tiny_sam, reference, tmp_path
+):
+    """``geoseg predict --backend sam --prompts FILE`` on a georeferenced NAIP crop, one chip.
+
+    8-bit imagery goes in as it is by default; the same values in a 16-bit file would be
+    stretched per raster, and ``stretch=off`` gives the reference's input back.
+    """
     size = 160  # neither the model's 128 px nor a multiple of it
     with rasterio.open(NAIP) as src:
         window = Window(420, 200, size, size)
         data = src.read(window=window)
         profile = src.profile | dict(
-            width=size, height=size, transform=src.window_transform(window)
+            width=size, height=size, transform=src.window_transform(window), dtype=dtype
         )
     crop = tmp_path / "crop.tif"
     with rasterio.open(crop, "w", **profile) as dst:
-        dst.write(data)
+        dst.write(data.astype(dtype))
     transform = profile["transform"]
     prompt = prompts_for("points", size, size)
     geometry = [Point(transform * (x + 0.5, y + 0.5)) for x, y in prompt["points"]]
@@ -263,7 +274,7 @@ def test_cli_predict_with_a_prompts_file_matches_the_reference(tiny_sam, referen
         [
             "predict", str(crop), "-o", str(out), "--backend", "sam", "--model", str(tiny_sam),
             "--bands", "naip", "--prompts", str(prompts), "--size", str(size), "--overlap", "0",
-            "--probabilities", "--device", "cpu", "-q",
+            "--probabilities", "--device", "cpu", "-q", *options,
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -274,6 +285,19 @@ def test_cli_predict_with_a_prompts_file_matches_the_reference(tiny_sam, referen
     with rasterio.open(tmp_path / "water_probabilities.tif") as probabilities:
         water = probabilities.read(2)
     same, logit_diff = agreement(water, logits)
-    print(f"SAM CLI {size}x{size} points mean: {100 * same:.4f}% {logit_diff:.1e}")
+    print(f"SAM CLI {dtype} {size}x{size} points mean: {100 * same:.4f}% {logit_diff:.1e}")
     assert same >= MIN_AGREEMENT and logit_diff <= LOGIT_TOLERANCE
     assert float((predicted == (logits.numpy() > 0)).mean()) >= MIN_AGREEMENT
+
+
+def test_stretch_off_trains_on_the_values_as_they_are():
+    """``stretch=off``: training feeds SAM the chips' values as 8-bit, as SAM's pipeline."""
+    from geoseg_sam.options import SamOptions
+    from geoseg_sam.preprocess import BandStretch
+    from geoseg_sam.train import _fit_stretch
+
+    options = SamOptions(stretch="off")
+    stretch = _fit_stretch(None, [], options, np.random.default_rng(0))
+    assert stretch == BandStretch.identity(options.bands)
+    values = np.arange(0, 300, 7, dtype=np.float32).reshape(1, 1, -1).repeat(3, axis=0)
+    np.testing.assert_array_equal(stretch.apply(values), np.clip(values, 0, 255).astype(np.uint8))

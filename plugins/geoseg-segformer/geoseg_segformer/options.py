@@ -33,6 +33,12 @@ class SegmentationOptions(TrainingOptions):
         "query and value projections (or a convolutional backbone's pointwise layers), "
         "found by name in the loaded model.",
     )
+    normalization: Literal["chips", "checkpoint"] = option(
+        "chips",
+        applies="train",
+        help="Band normalisation: chips (mean and std of each band over the training chips) "
+        "or checkpoint (the base checkpoint's image processor, as it was pretrained).",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -42,6 +48,10 @@ class SegmentationOptions(TrainingOptions):
             raise OptionError(f"option alpha must be positive (LoRA scaling), got {self.alpha}")
         if not 0 <= self.dropout < 1:
             raise OptionError(f"option dropout must be in [0, 1), got {self.dropout}")
+        if self.normalization not in ("chips", "checkpoint"):
+            raise OptionError(
+                f"option normalization must be chips or checkpoint, got {self.normalization!r}"
+            )
         if self.bias not in ("none", "all", "lora_only"):
             raise OptionError(f"option bias must be none, all or lora_only, got {self.bias!r}")
         if isinstance(self.lora_targets, str):

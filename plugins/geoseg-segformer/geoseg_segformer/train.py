@@ -16,12 +16,14 @@ import torch.nn.functional as F
 
 from geoseg.classes import IGNORE_INDEX
 from geoseg.errors import OptionError
-from geoseg.training import TrainingRun, TrainingTask, options_json
+from geoseg.training import Normalization, TrainingRun, TrainingTask, options_json
 from geoseg_segformer.model import (
+    RGB,
     ModelSettings,
     adapt_input_bands,
     apply_lora,
     head_modules,
+    image_normalization,
     load_pretrained,
     parameter_counts,
     quiet_transformers,
@@ -32,6 +34,18 @@ from geoseg_segformer.options import DEFAULT_CHECKPOINT, SegmentationOptions
 #: Learning rates that suit each mode: adapters and a fresh head tolerate a large step,
 #: full fine-tuning of a pretrained encoder needs a small one (SegFormer paper: 6e-5).
 DEFAULT_LR = {True: 5e-4, False: 6e-5}
+
+
+def checkpoint_normalization(checkpoint: str, band_names) -> Normalization:
+    """The checkpoint's image-processor normalisation (8-bit units) for ``band_names``:
+    red, green and blue get their own, any other band the mean of the three (as its
+    patch-embedding filter starts from their mean)."""
+    mean, std = image_normalization(checkpoint, 3)
+    pick = {band: i for i, band in enumerate(RGB)}
+    return Normalization(
+        tuple(mean[pick[b]] if b in pick else sum(mean) / 3 for b in band_names),
+        tuple(std[pick[b]] if b in pick else sum(std) / 3 for b in band_names),
+    )
 
 
 class SegmentationTask(TrainingTask):
@@ -60,6 +74,8 @@ class SegmentationTask(TrainingTask):
                 )
         else:
             self.base_model = _base_model_id(run.settings.model, self.default_checkpoint)
+        if self.options.normalization == "checkpoint":
+            run.normalization = checkpoint_normalization(self.base_model, run.dataset.band_names)
 
     def build_model(self, run: TrainingRun):
         model = load_pretrained(self.base_model, run.classes, task=self.model_task)

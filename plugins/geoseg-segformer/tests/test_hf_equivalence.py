@@ -262,3 +262,23 @@ def test_zero_shot_checkpoint_predicts_what_its_processor_and_pipeline_predict(
         assert piped == 1.0
         assert same >= MIN_AGREEMENT
         assert difference <= LOG_PROB_TOLERANCE
+
+
+def test_training_can_normalise_bands_as_the_checkpoint_was_pretrained(land_cover, invoke):
+    """``normalization=checkpoint``: the processor's mean and std instead of the chips'."""
+    import json
+
+    model = land_cover.root / "model-checkpoint-normalization"
+    invoke(
+        "train", land_cover.chips, "--backend", "hf", "-o", model, "--model",
+        land_cover.checkpoint, "--epochs", 1, "--batch-size", 4,
+        "--option", "normalization=checkpoint", "-q",
+    )  # fmt: skip
+    saved = json.loads((model / "geoseg_segformer.json").read_text())["normalization"]
+    imagenet_mean = [0.485 * 255, 0.456 * 255, 0.406 * 255]
+    imagenet_std = [0.229 * 255, 0.224 * 255, 0.225 * 255]
+    # red, green, blue as ImageNet (no processor saved); nir as their mean.
+    assert saved["mean"] == pytest.approx(imagenet_mean + [sum(imagenet_mean) / 3])
+    assert saved["std"] == pytest.approx(imagenet_std + [sum(imagenet_std) / 3])
+    manifest = json.loads((model / "geoseg_model.json").read_text())
+    assert manifest["normalization"]["mean"] == pytest.approx(saved["mean"])
