@@ -48,9 +48,12 @@ def _weights(in_size: int, out_size: int, resample: int) -> np.ndarray:
     """PIL's fixed-point weights (out_size, in_size) of one axis (``precompute_coeffs``)."""
     weights = np.zeros((out_size, in_size), np.float64)
     if resample == NEAREST:
+        # PIL's ImagingScaleAffine: the source coordinate accumulates step by step.
         scale = in_size / out_size
+        source = scale * 0.5
         for out in range(out_size):
-            weights[out, min(int((out + 0.5) * scale), in_size - 1)] = 1 << PRECISION_BITS
+            weights[out, min(max(int(source), 0), in_size - 1)] = 1 << PRECISION_BITS
+            source += scale
         return weights
     kernel, support = FILTERS[resample]
     scale = in_size / out_size
