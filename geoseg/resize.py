@@ -15,6 +15,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+__all__ = ["resize_8bit"]
+
 #: PIL's fixed-point precision for 8-bit images (32 bits minus 8 for the value, 2 spare).
 PRECISION_BITS = 22
 

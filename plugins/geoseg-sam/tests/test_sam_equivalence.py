@@ -26,9 +26,10 @@ from click.testing import CliRunner
 from rasterio.windows import Window
 from shapely.geometry import Point
 
-from geoseg.backend import ChipBatch, Prompts
+from geoseg.backend import ChipBatch
 from geoseg.cli import cli
 from geoseg.plugins import create_backend
+from geoseg.prompts import Prompts
 from geoseg.windows import Tile
 
 NAIP = Path(__file__).resolve().parents[3] / "examples" / "data" / "naip_rgbn_2020.tif"
