@@ -19,9 +19,10 @@ from geoseg.export import INPUT_NAME, OUTPUT_NAME, ExportedModel, ExportSettings
 log = logging.getLogger(__name__)
 
 
-def probability_module(net, mean, std):
+def probability_module(net, mean, std, flip_channels: bool = False):
     """``net`` (a transformers semantic-segmentation model) as a module from raw pixels
-    ``(N, B, H, W)`` to class probabilities ``(N, C, H, W)``."""
+    ``(N, B, H, W)`` to class probabilities ``(N, C, H, W)``; ``flip_channels`` reverses
+    the bands after normalising (MobileViT's processors hand it BGR)."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -35,6 +36,8 @@ def probability_module(net, mean, std):
 
         def forward(self, image):
             pixels = (image - self.mean) / self.std
+            if flip_channels:
+                pixels = pixels.flip(1)
             logits = self.net(pixel_values=pixels).logits
             logits = F.interpolate(
                 logits, size=image.shape[-2:], mode="bilinear", align_corners=False
@@ -52,7 +55,17 @@ def export_segformer(model: str, path: Path, settings: ExportSettings) -> Export
 
     # merge=True: peft's merge_and_unload on the freshly loaded copy; the folder is untouched.
     net, model_settings = load_for_prediction(model, "cpu", merge=True)
-    module = probability_module(net.float(), model_settings.mean, model_settings.std)
+    reference = _checkpoint_input(model)
+    flip = reference is not None and reference.flip_channels
+    if reference is not None:
+        shape = reference.model_shape(settings.size, settings.size)
+        if shape != (settings.size, settings.size):
+            log.warning(
+                "%s: its image processor resizes %d px chips to %dx%d, which the ONNX graph "
+                "does not; export with --size %d to predict as the checkpoint's own pipeline",
+                model, settings.size, shape[0], shape[1], shape[0],
+            )  # fmt: skip
+    module = probability_module(net.float(), model_settings.mean, model_settings.std, flip)
     bands = tuple(model_settings.band_names)
     example = torch.zeros((1, len(bands), settings.size, settings.size), dtype=torch.float32)
     dynamic = {INPUT_NAME: {0: "batch"}} if settings.dynamic_batch else None
@@ -83,6 +96,16 @@ def export_segformer(model: str, path: Path, settings: ExportSettings) -> Export
             "std": [float(v) for v in model_settings.std],
         },
     )
+
+
+def _checkpoint_input(model: str):
+    """The image processor's shaping of chips for a checkpoint geoseg did not train."""
+    from geoseg_segformer.model import SETTINGS_FILE, load_image_processor
+    from geoseg_segformer.processor import checkpoint_input
+
+    if (Path(model).expanduser() / SETTINGS_FILE).is_file():
+        return None
+    return checkpoint_input(load_image_processor(model))
 
 
 @contextlib.contextmanager

@@ -282,3 +282,23 @@ def test_training_can_normalise_bands_as_the_checkpoint_was_pretrained(land_cove
     assert saved["std"] == pytest.approx(imagenet_std + [sum(imagenet_std) / 3])
     manifest = json.loads((model / "geoseg_model.json").read_text())
     assert manifest["normalization"]["mean"] == pytest.approx(saved["mean"])
+
+
+def test_the_export_graph_of_a_bgr_checkpoint_keeps_its_channel_order(naip_chips):
+    """What ``geoseg export`` wraps a plain MobileViT checkpoint in hands it BGR, as its
+    processor does (torch's ONNX exporter itself cannot trace MobileViTV2 yet)."""
+    from geoseg_segformer.export import _checkpoint_input, probability_module
+    from geoseg_segformer.model import load_for_prediction
+
+    folder, size = save_checkpoint(naip_chips.root / "tiny-bgr-export", "mobilevitv2-deeplabv3")
+    _chip, image = naip_chips(size)
+    expected, log_probabilities = reference(folder, image)
+    net, settings = load_for_prediction(str(folder), "cpu")
+    flip = _checkpoint_input(str(folder)).flip_channels
+    module = probability_module(net, settings.mean, settings.std, flip)
+    with torch.no_grad():
+        probabilities = module(torch.from_numpy(image.transpose(2, 0, 1)[None].astype(np.float32)))
+    probabilities = probabilities[0].double().numpy()
+    assert flip
+    assert float((probabilities.argmax(axis=0) == expected).mean()) >= MIN_AGREEMENT
+    assert float(np.abs(np.log(probabilities) - log_probabilities).max()) <= LOG_PROB_TOLERANCE
