@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xarray as xr
 from affine import Affine
 from rasterio.windows import Window
 
@@ -24,6 +23,8 @@ from geoseg.errors import BandError, OptionError, OutputError
 from geoseg.windows import BLOCK, block_windows
 
 if TYPE_CHECKING:
+    import xarray as xr
+
     from geoseg.raster import RasterSource
 
 __all__ = [
@@ -256,6 +257,8 @@ def index_window(
     (``geoseg.water.raster_reflectance``). ``attrs`` hold ``crs`` (WKT) and ``transform``
     (the window's affine, 6 numbers).
     """
+    import xarray as xr  # with pandas, a third of a second: only for the DataArray helpers
+
     index = index.lower()
     check_bands(index, source.band_names, source=str(source.path))
     names = required_bands(index)
@@ -288,6 +291,8 @@ def index_array(
             "index_array needs dask; install it (pip install 'dask[array]') or use "
             "index_window / geoseg index, which read window by window without it"
         ) from None
+    import xarray as xr
+
     index = index.lower()
     check_bands(index, source.band_names, source=str(source.path))
     names = required_bands(index)

@@ -6,12 +6,12 @@ import dataclasses
 import json
 import os
 import textwrap
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from geoseg.backend import Backend
-from geoseg.config import describe_options
+if TYPE_CHECKING:
+    from geoseg.backend import Backend
 
 
 @click.command()
@@ -90,6 +90,8 @@ def backends(name: str | None, as_json: bool, model_dir: str | None) -> None:
 
 
 def _backend_record(info: Any) -> dict[str, Any]:
+    from geoseg.config import describe_options
+
     cls: type[Backend] = info.backend
     capabilities = cls.capabilities()
     return {
@@ -111,6 +113,8 @@ def _backend_record(info: Any) -> dict[str, Any]:
 def _details(cls: type) -> str:
     """The backend class's docstring past its first line: what a user should know."""
     import inspect
+
+    from geoseg.backend import Backend
 
     doc = inspect.getdoc(cls) or ""
     if inspect.getdoc(Backend) == doc:

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 
 def bands_option(f):
@@ -207,6 +206,8 @@ def progress_bar(total: int | None, desc: str, *, quiet: bool = False, unit: str
 
     if os.environ.get(PROGRESS_ENV, "").lower() == "json":
         return JsonProgress(total, desc, unit, disable=quiet)
+    from tqdm import tqdm
+
     return tqdm(total=total, desc=desc, unit=unit, disable=quiet, leave=True, dynamic_ncols=True)
 
 

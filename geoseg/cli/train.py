@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from geoseg.cli.options import (
     backend_option,
@@ -28,9 +27,11 @@ class TrainingBar:
 
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
-        self.bar: tqdm | None = None
+        self.bar = None  # a tqdm bar while a stage runs
 
     def _write(self, text: str) -> None:
+        from tqdm import tqdm
+
         tqdm.write(text, file=sys.stderr)
 
     def message(self, text: str) -> None:
@@ -43,6 +44,8 @@ class TrainingBar:
     def stage(self, name: str, total: int) -> None:
         self.end_stage()
         if not self.quiet:
+            from tqdm import tqdm
+
             self.bar = tqdm(
                 total=total, desc=name, unit="batch", file=sys.stderr,
                 dynamic_ncols=True, leave=False,
