@@ -199,6 +199,8 @@ class Backend:
         """Class probabilities (N, C, H, W) float32 for a batch; C = ``len(classes())``.
 
         A backend of kind ``"chips"`` returns one row per chip instead: (N, C) float32.
+        The engine keeps the returned array and blends into it in place while the next
+        batch is predicted: return a new array each call, not a buffer reused across calls.
         """
         raise NotImplementedError
 

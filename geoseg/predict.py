@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -99,7 +100,9 @@ def predict_raster(
     ``progress(chips_done, chips_total)`` is called after every batch.
 
     ``backend.predict`` runs on the calling thread while the next batch is read on
-    another, so a backend must not read the source itself during ``predict``.
+    another and the previous one is blended and written on a third, so a backend must
+    not read the source itself during ``predict``, and the array it returns is the
+    engine's from then on (blended in place): a new one each call.
     """
     out_path = Path(out_path)
     if batch_size < 1:
@@ -347,11 +350,16 @@ def _batches(
 
 def _make_batch(chips: list[Chip], prompt_source) -> _Batch:
     valid = np.stack([chip.valid for chip in chips])
-    data = np.stack([chip.data for chip in chips])
-    if data.dtype.kind == "f":
-        images = np.where(valid[:, None], data, 0).astype(np.float32, copy=False)  # NaN * 0 is NaN
-    else:
-        images = np.multiply(data, valid[:, None], dtype=np.float32)
+    first = chips[0].data
+    # Each chip goes straight into the float32 batch: no stacked copy in the source dtype.
+    images = np.empty((len(chips), *first.shape), np.float32)
+    for image, chip in zip(images, chips, strict=True):
+        if chip.valid.all():
+            image[...] = chip.data
+        elif first.dtype.kind == "f":
+            image[...] = np.where(chip.valid, chip.data, 0)  # NaN * 0 is NaN
+        else:
+            np.multiply(chip.data, chip.valid, out=image, dtype=np.float32)
     prompts = None
     if prompt_source is not None:
         prompts = tuple(prompt_source.for_chip(chip) for chip in chips)
@@ -385,16 +393,18 @@ def _stream(
     """Predict every chip and write the mask (and probabilities) to tiled GeoTIFFs.
 
     ``chip_rows`` (first, stop): write only the rows these chip rows finish.
+
+    A pipeline of three threads, so that the backend's thread does nothing but predict:
+    a reader makes the next batches, this thread runs the backend, a stitcher blends the
+    predictions and writes the finished rows. Queues between them hold at most one batch
+    each, so memory stays that of a few batches whatever the raster's size. An error on
+    either side thread is raised here, as it would have been on this one.
     """
     backend, source, grid, classes = run.backend, run.source, run.grid, run.classes
-    names = run.names
-    band_names = names or source.band_names
+    band_names = run.names or source.band_names
     channels = len(classes)
-    class_ids = np.array(classes.ids, dtype=np.uint8)
-    ids_are_channels = bool(np.array_equal(class_ids, np.arange(channels)))
     first, stop = chip_rows or (0, grid.n_rows)
     start = max(0, first - margin_rows(grid))
-    blender = ChipBlender(grid, channels, first_row=start)
     top0, height = finished_rows(grid, first, stop)
     base = source.profile(
         count=1,
@@ -411,76 +421,255 @@ def _stream(
         )
         prob_file = rasterio.open(prob_tmp, "w", **prob_profile)
     total, done = (stop - first) * grid.n_cols, 0
-    last_col = grid.n_cols - 1
-    mask_strip = prob_strip = None
     try:
         write_class_metadata(mask_file, classes)
-        mask_writer = StripWriter(mask_file)
-        prob_writer = None
         if prob_file is not None:
             for i, name in enumerate(classes.names, start=1):
                 prob_file.set_band_description(i, name)
-            prob_writer = StripWriter(prob_file)
-        # Reading the next batch overlaps with the backend's work on this one.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-read") as reader:
-            tiles = (
-                grid.tile(row, col) for row in range(start, stop) for col in range(grid.n_cols)
-            )
-            batches = _batches(source, tiles, names, run.batch_size, run.prompt_source)
-            upcoming = reader.submit(next, batches, None)
-            while True:
-                batch = upcoming.result()
-                if batch is None:
-                    break
-                upcoming = reader.submit(next, batches, None)
+        stitcher = _Stitcher(grid, classes, first, start, top0, mask_file, prob_file)
+        tiles = (grid.tile(row, col) for row in range(start, stop) for col in range(grid.n_cols))
+        batches = _batches(source, tiles, run.names, run.batch_size, run.prompt_source)
+        with (
+            _Prefetch(batches, name="geoseg-read") as upcoming,
+            _Background(stitcher.add, name="geoseg-stitch") as stitching,
+        ):
+            for batch in upcoming:
                 if isinstance(batch, list):
                     chips, probabilities = batch, None
                 else:
                     chips = batch.chips
                     probabilities = _run_backend(backend, batch, band_names, channels, source.path)
-                for i, chip in enumerate(chips):
-                    chip_probs = None if probabilities is None else probabilities[i]
-                    top, left, finished = blender.add(chip.tile, chip_probs)
-                    if chip.tile.row < first:
-                        continue  # a margin chip: its rows belong to the block above
-                    rows, cols = finished.shape[1:]
-                    if chip.tile.col == 0:
-                        mask_strip = np.empty((1, rows, grid.width), np.uint8)
-                        if prob_writer is not None:
-                            prob_strip = np.empty((channels, rows, grid.width), np.float32)
-                    valid = chip.valid[:rows, :cols]
-                    ids = best_channel(finished)
-                    if not ids_are_channels:
-                        ids = class_ids[ids]
-                    ids[~valid] = IGNORE_INDEX
-                    mask_strip[0, :, left : left + cols] = ids
-                    if prob_strip is not None:
-                        prob_strip[:, :, left : left + cols] = np.where(valid, finished, np.nan)
-                    if chip.tile.col == last_col:
-                        mask_writer.write(top - top0, mask_strip)
-                        if prob_writer is not None:
-                            prob_writer.write(top - top0, prob_strip)
+                stitching.put((chips, probabilities))
+                del batch, probabilities  # the stitcher holds what it needs
                 done += sum(chip.tile.row >= first for chip in chips)
                 if progress is not None:
                     progress(done, total)
-        mask_writer.close()
-        if prob_writer is not None:
-            prob_writer.close()
+        stitcher.close()
     finally:
         mask_file.close()
         if prob_file is not None:
             prob_file.close()
 
 
+class _Stitcher:
+    """Blends chips' probabilities in grid order and writes the rows they finish.
+
+    The engine's work after the backend: blending, argmax to class ids, nodata, and the
+    mask's (and probabilities') strips, for the chip rows ``start:`` of ``grid``, writing
+    only those from chip row ``first`` on (the rows above are the block above's margin).
+    """
+
+    def __init__(
+        self,
+        grid: TileGrid,
+        classes: ClassMap,
+        first: int,
+        start: int,
+        top0: int,
+        mask_file,
+        prob_file,
+    ) -> None:
+        self.grid, self.first, self.top0 = grid, first, top0
+        self.channels = len(classes)
+        self.class_ids = np.array(classes.ids, dtype=np.uint8)
+        self.ids_are_channels = bool(np.array_equal(self.class_ids, np.arange(self.channels)))
+        self.blender = ChipBlender(grid, self.channels, first_row=start)
+        self.mask_writer = StripWriter(mask_file)
+        self.prob_writer = StripWriter(prob_file) if prob_file is not None else None
+        self.mask_strip = self.prob_strip = None
+
+    def add(self, item: tuple[list[Chip], np.ndarray | None]) -> None:
+        """Blend a batch's chips, (chips, probabilities (N, C, H, W) or None for a chip
+        with no valid pixel); the probabilities are blended in place."""
+        chips, probabilities = item
+        grid, last_col = self.grid, self.grid.n_cols - 1
+        for i, chip in enumerate(chips):
+            chip_probs = None if probabilities is None else probabilities[i]
+            top, left, finished = self.blender.add(chip.tile, chip_probs)
+            if chip.tile.row < self.first:
+                continue  # a margin chip: its rows belong to the block above
+            rows, cols = finished.shape[1:]
+            if chip.tile.col == 0:
+                self.mask_strip = np.empty((1, rows, grid.width), np.uint8)
+                if self.prob_writer is not None:
+                    self.prob_strip = np.empty((self.channels, rows, grid.width), np.float32)
+            valid = chip.valid[:rows, :cols]
+            ids = best_channel(finished)
+            if not self.ids_are_channels:
+                ids = self.class_ids[ids]
+            ids[~valid] = IGNORE_INDEX
+            self.mask_strip[0, :, left : left + cols] = ids
+            if self.prob_strip is not None:
+                self.prob_strip[:, :, left : left + cols] = np.where(valid, finished, np.nan)
+            if chip.tile.col == last_col:
+                self.mask_writer.write(top - self.top0, self.mask_strip)
+                if self.prob_writer is not None:
+                    self.prob_writer.write(top - self.top0, self.prob_strip)
+
+    def close(self) -> None:
+        """Write the rows still buffered."""
+        self.mask_writer.close()
+        if self.prob_writer is not None:
+            self.prob_writer.close()
+
+
+def _wait_for(
+    thread: threading.Thread,
+    nudge: Callable[[], None] | None = None,
+    *,
+    on_interrupt: Callable[[], None] | None = None,
+) -> None:
+    """Wait until ``thread`` ends (calling ``nudge`` meanwhile), even through Ctrl-C.
+
+    The files a pipeline thread reads or writes are closed once this returns, so an
+    interrupt while waiting (``on_interrupt`` is told) is raised only once it is gone.
+    """
+    interrupted: BaseException | None = None
+    while thread.is_alive():
+        try:
+            if nudge is not None:
+                nudge()
+            thread.join(_POLL_S)
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+            if on_interrupt is not None:
+                on_interrupt()
+    if interrupted is not None:
+        raise interrupted
+
+
+class _Failed:
+    """An exception raised on a pipeline thread, on its way to the engine's thread."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+#: How often (seconds) a pipeline thread waiting on a full queue checks it should stop.
+_POLL_S = 0.05
+
+
+class _Prefetch:
+    """The items of ``items`` made on a thread of their own, at most ``depth`` ahead.
+
+    Iterate to get them in order; an exception the thread raised is raised there. Leaving
+    the ``with`` block stops the thread (it finishes the item at hand) and waits for it, so
+    the source it reads is never closed under it.
+    """
+
+    def __init__(self, items: Iterator, *, name: str, depth: int = 1) -> None:
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, args=(items,), name=name)
+
+    def __enter__(self) -> _Prefetch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        _wait_for(self._thread)
+
+    def __iter__(self) -> Iterator:
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+
+    def _produce(self, items: Iterator) -> None:
+        try:
+            for item in items:
+                if not self._offer(item):
+                    return
+        except BaseException as exc:  # raised again on the engine's thread
+            self._offer(_Failed(exc))
+            return
+        self._offer(_END)
+
+    def _offer(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+
+class _Background:
+    """Runs ``work(item)`` on a thread of its own for each item ``put``, in order.
+
+    At most ``depth`` items wait. An exception ``work`` raised is raised by the next
+    ``put`` or on leaving the ``with`` block, which waits for the work to be done; leaving
+    it on an exception skips the work still waiting, so an interrupted run stops at once.
+    """
+
+    def __init__(self, work: Callable, *, name: str, depth: int = 1) -> None:
+        self._work = work
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._skip = self._ended = False
+        self._thread = threading.Thread(target=self._consume, name=name)
+
+    def __enter__(self) -> _Background:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._skip = True
+        _wait_for(self._thread, self._end, on_interrupt=self._drop_waiting)
+        if exc_type is None:
+            self._raise()
+
+    def _end(self) -> None:
+        if not self._ended:
+            with contextlib.suppress(queue.Full):
+                self._queue.put(_END, timeout=_POLL_S)  # the thread keeps taking items
+                self._ended = True
+
+    def _drop_waiting(self) -> None:
+        self._skip = True
+
+    def put(self, item) -> None:
+        self._raise()
+        self._queue.put(item)
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _consume(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if self._skip or self._error is not None:
+                continue  # taken and dropped, so that put never waits on a dead thread
+            try:
+                self._work(item)
+            except BaseException as exc:  # raised again on the engine's thread
+                self._error = exc
+
+
 def best_channel(scores: np.ndarray) -> np.ndarray:
     """Index (H, W) uint8 of the highest of scores (C, H, W); ties go to the first."""
-    # Channel by channel on whole planes: several times faster than argmax over axis 0.
-    best = scores[0].copy()
-    index = np.zeros(best.shape, np.uint8)
+    # Comparisons and arithmetic on whole planes: several times faster than argmax over
+    # axis 0, and than assigning through boolean masks (branchy on noisy predictions).
+    index = np.zeros(scores.shape[1:], np.uint8)
+    best = scores[0]
+    last = len(scores) - 1
     for channel in range(1, len(scores)):
-        higher = scores[channel] > best
-        index[higher] = channel
-        np.maximum(best, scores[channel], out=best)
+        higher = np.greater(scores[channel], best)
+        np.multiply(index, ~higher, out=index)
+        index += higher.view(np.uint8) * np.uint8(channel)
+        if channel < last:
+            best = np.maximum(best, scores[channel], out=None if channel == 1 else best)
     return index
 
 

@@ -367,9 +367,14 @@ class RasterSource:
             else self.band_map.indexes(names, source=str(self.path))
         )
         shape = (int(window.height), int(window.width))
+        found = self._inner(window)
+        if found is not None and (found[0].height, found[0].width) == shape:
+            # Inside the raster (most chips): GDAL decodes straight into the chip's array.
+            with read_errors(self.path):
+                data = self.dataset.read(indexes, window=found[0])
+                return data, self._valid(data, found[0])
         data = np.full((len(indexes), *shape), self.fill_value, dtype=self.dtype)
         valid = np.zeros(shape, dtype=bool)
-        found = self._inner(window)
         if found is None:
             return data, valid
         inner, (rows, cols) = found
@@ -389,12 +394,16 @@ class RasterSource:
             return self.dataset.read(self.dataset.count, window=window) > 0
         if self._masked:
             return self.dataset.dataset_mask(window=window) > 0
-        valid = np.ones(block.shape[1:], dtype=bool)
+        valid = None
         if block.dtype.kind == "f":
-            valid &= ~np.all(np.isnan(block), axis=0)
+            valid = ~np.all(np.isnan(block), axis=0)
         if self._nodata is not None and not np.isnan(self._nodata):
-            valid &= ~np.all(block == self._nodata, axis=0)
-        return valid
+            # Band by band on whole planes: several times faster than np.all over axis 0.
+            has_data = block[0] != self._nodata
+            for band in block[1:]:
+                has_data |= band != self._nodata
+            valid = has_data if valid is None else valid & has_data
+        return valid if valid is not None else np.ones(block.shape[1:], dtype=bool)
 
     def read_chip(self, tile: Tile, names: tuple[str, ...] | list[str] | None = None) -> Chip:
         data, valid = self.read(tile.window, names)

@@ -131,7 +131,11 @@ class ChipBlender:
     def add(self, tile: Tile, probabilities: np.ndarray | None) -> tuple[int, int, np.ndarray]:
         """Add a chip's probabilities (channels, size, size); None for a chip with no
         valid pixel. Returns (first row, first col, probabilities (C, rows, cols)) of the
-        finished part of the raster."""
+        finished part of the raster.
+
+        Writable float32 probabilities are blended in place (no copy of the chip): they
+        hold the blend afterwards, and the finished part returned is a view of them.
+        """
         grid, step, size = self.grid, self.grid.step, self.grid.size
         if (tile.row, tile.col) != self._expected:
             raise ValueError(
@@ -139,10 +143,12 @@ class ChipBlender:
             )
         keep = size - step
         x0 = tile.col * step
-        if probabilities is not None:
-            block = np.multiply(probabilities, self.weights(tile), dtype=np.float32)
-        else:
+        if probabilities is None:
             block = np.zeros((self.channels, size, size), np.float32)
+        elif probabilities.dtype == np.float32 and probabilities.flags.writeable:
+            block = np.multiply(probabilities, self.weights(tile), out=probabilities)
+        else:
+            block = np.multiply(probabilities, self.weights(tile), dtype=np.float32)
         if keep:
             if tile.col > 0:
                 block[:, :, :keep] += self._right
@@ -150,7 +156,7 @@ class ChipBlender:
             start = 0 if tile.col == 0 else keep
             block[:, :keep, start:] += self._below[:, :, x0 + start : x0 + size]
             self._below[:, :, x0 : x0 + size] = block[:, step:]
-            self._right = block[:, :, step:].copy()
+            self._right[...] = block[:, :, step:]
         last_row, last_col = tile.row == grid.n_rows - 1, tile.col == grid.n_cols - 1
         y0 = tile.row * step
         rows = min(size if last_row else step, grid.height - y0)

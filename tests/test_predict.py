@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import xml.etree.ElementTree as ET
 
 import geopandas as gpd
@@ -202,6 +203,74 @@ def test_wrong_probability_shape_is_a_backend_error(tmp_path):
         predict_raster(Broken(), noisy(tmp_path), tmp_path / "x.tif")
     assert not (tmp_path / "x.tif").exists()
     assert not list(tmp_path.glob(".*part*"))
+
+
+def pipeline_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("geoseg-")]
+
+
+def test_backend_runs_on_the_calling_thread_and_the_pipeline_ends_with_the_run(tmp_path):
+    class Recorder(ThreeClass):
+        name = "recorder"
+        threads: set = set()
+
+        def predict(self, batch):
+            self.threads.add(threading.current_thread())
+            return super().predict(batch)
+
+    backend = Recorder()
+    predict_raster(backend, noisy(tmp_path), tmp_path / "x.tif", size=32, batch_size=3)
+    assert backend.threads == {threading.current_thread()}
+    assert pipeline_threads() == []
+
+
+@pytest.mark.parametrize("failing_batch", [1, 4])
+def test_backend_error_mid_run_is_raised_as_is_and_leaves_nothing(tmp_path, failing_batch):
+    class FailsLater(ThreeClass):
+        name = "fails-later"
+        calls = 0
+
+        def predict(self, batch):
+            self.calls += 1
+            if self.calls == failing_batch:
+                raise BackendError("the model ran out of memory; use a smaller --batch-size")
+            return super().predict(batch)
+
+    src = noisy(tmp_path)
+    with pytest.raises(BackendError, match="ran out of memory"):
+        predict_raster(FailsLater(), src, tmp_path / "x.tif", size=32, batch_size=2)
+    assert pipeline_threads() == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
+
+
+def test_pipeline_raises_a_side_thread_error_on_the_engine_thread():
+    from geoseg.predict import _Background, _Prefetch
+
+    def items():
+        yield 1
+        raise InputFileError("scene.tif: cannot read pixels")
+
+    seen = []
+    with (
+        pytest.raises(InputFileError, match="cannot read pixels"),
+        _Prefetch(items(), name="geoseg-test-read") as upcoming,
+    ):
+        seen.extend(upcoming)
+    assert seen == [1]
+    failure = OutputError("mask.tif: no space left on device")
+
+    def work(item):
+        if item == 2:
+            raise failure
+
+    with (
+        pytest.raises(OutputError) as raised,
+        _Background(work, name="geoseg-test-stitch") as stitching,
+    ):
+        for item in range(1000):
+            stitching.put(item)
+    assert raised.value is failure
+    assert pipeline_threads() == []
 
 
 class PromptRecorder(ThreeClass):
