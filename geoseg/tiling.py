@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections import Counter
+import os
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -441,17 +443,29 @@ def _tile_opened(
     if labels is not None and labels.classes is not None:
         result.label_classes = labels.classes
     chip_label = _chip_labeller(source, labels, settings)
-    for tile in grid:
-        entry = _tile_one(
-            source, grid, tile, labels, images_dir, labels_dir, settings, result, chip_label
-        )
-        if entry is not None:
-            if entry.chip_class is not None:
-                result.class_chips[entry.chip_class] += 1
-            result.chips.append(entry)
-        result.tiles += 1
-        if progress:
-            progress(1)
+    # Reading stays on this thread (a GDAL dataset is not shared between threads); the
+    # chips' compression, sync and check run on writer threads (GDAL releases the GIL).
+    with ChipWriters() as writers:
+        for tile in grid:
+            entry = _tile_one(
+                source,
+                grid,
+                tile,
+                labels,
+                images_dir,
+                labels_dir,
+                settings,
+                result,
+                writers,
+                chip_label,
+            )
+            if entry is not None:
+                if entry.chip_class is not None:
+                    result.class_chips[entry.chip_class] += 1
+                result.chips.append(entry)
+            result.tiles += 1
+            if progress:
+                progress(1)
     return result
 
 
@@ -469,6 +483,37 @@ def _chip_labeller(source: RasterSource, labels, settings: TileSettings):
     rule = ChipLabelRule.parse(settings.chip_labels)
     target = rule.target_id(labels.classes, str(settings.labels))
     return lambda label_ids: None if label_ids is None else rule.chip_class(label_ids, target)
+
+
+class ChipWriters:
+    """Chip files written on a few threads, at most ``2 * threads`` waiting.
+
+    ``submit(write, *args)`` queues one file's write; an error of a write is raised by a
+    later ``submit`` or on leaving the ``with`` block, which waits for every write. Left
+    on an exception, the writes not started are dropped and those under way finish (each
+    is atomic), so no temporary file outlives the call.
+    """
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads or min(4, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="geoseg-chip-write")
+        self._pending: deque[Future] = deque()
+
+    def submit(self, write: Callable[..., None], *args) -> None:
+        while len(self._pending) >= 2 * self.threads:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(write, *args))
+
+    def __enter__(self) -> ChipWriters:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                while self._pending:
+                    self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _check_chip_memory(size: int, source: RasterSource) -> None:
@@ -516,6 +561,7 @@ def _tile_one(
     labels_dir: Path | None,
     settings: TileSettings,
     summary: SourceTiles,
+    writers: ChipWriters,
     chip_label=lambda label_ids: None,
 ) -> ChipEntry | None:
     name = tile.name(source.path.stem, grid.digits) + ".tif"
@@ -534,11 +580,13 @@ def _tile_one(
         if valid_fraction < settings.min_valid or valid_fraction == 0.0:
             summary.below_min_valid += 1
             return None
-        _write_image_chip(image_path, source, chip, settings.compress)
+        _write_image_chip(image_path, source, chip, settings.compress, writers)
         if labels is not None and label_path is not None:
             label_ids = labels.for_tile(tile)
             label_ids[~chip.valid] = IGNORE_INDEX
-            _write_label_chip(label_path, tile, label_ids, labels.classes, settings.compress)
+            writers.submit(
+                _write_label_chip, label_path, tile, label_ids, labels.classes, settings.compress
+            )
             _count_classes(summary.class_pixels, label_ids)
         summary.written += 1
     return ChipEntry(
@@ -572,14 +620,21 @@ def _chip_profile(tile: Tile, count: int, dtype: str, nodata, compress: str) -> 
     return profile
 
 
-def _write_image_chip(path: Path, source: RasterSource, chip: Chip, compress: str) -> None:
+def _write_image_chip(path: Path, source: RasterSource, chip: Chip, compress: str, writers) -> None:
+    """Queue the chip's image file on ``writers``; what it needs of ``source`` is read here."""
     profile = _chip_profile(chip.tile, source.count, source.dtype.name, source.nodata, compress)
     needs_mask = source.nodata is None and not chip.valid.all()
+    writers.submit(_write_image_file, path, profile, source.band_names, chip, needs_mask)
+
+
+def _write_image_file(
+    path: Path, profile: dict, band_names: Sequence[str], chip: Chip, needs_mask: bool
+) -> None:
     with atomic_output(path, lock=False) as tmp:  # tile_sources locks the chip set
         env = rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True) if needs_mask else rasterio.Env()
         with env, rasterio.open(tmp, "w", **profile) as dst:
             dst.write(chip.data)
-            for i, name in enumerate(source.band_names, start=1):
+            for i, name in enumerate(band_names, start=1):
                 dst.set_band_description(i, name)
             if needs_mask:
                 dst.write_mask(np.where(chip.valid, 255, 0).astype(np.uint8))

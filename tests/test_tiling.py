@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import geopandas as gpd
 import numpy as np
+import pytest
 import rasterio
 from affine import Affine
 from conftest import LANDSAT, LANDSAT_BANDS, NAIP, requires_samples
@@ -13,6 +15,8 @@ from rasterio.windows import Window
 from shapely.geometry import box
 
 from geoseg.dataset import ChipDataset
+from geoseg.errors import OutputError
+from geoseg.tiling import ChipWriters
 
 # 10 m pixels, origin (500000, 5200000) in UTM 14N, like the factory's default.
 ORIGIN_X, ORIGIN_Y, RES = 500000.0, 5200000.0, 10.0
@@ -336,3 +340,20 @@ def test_polygons_written_by_geoseg_keep_their_class_names(make_raster, invoke, 
     ]
     ids = rasterio.open(out / "labels" / "raster_r000_c000.tif").read(1)
     assert ids[5, 5] == 2 and ids[25, 25] == 5 and ids[40, 40] == 0
+
+
+def test_chip_writers_raise_a_failed_write_and_leave_no_thread(tmp_path):
+    failure = OutputError("chip_3.tif: no space left on device; free some space")
+    written = []
+
+    def write(index):
+        if index == 3:
+            raise failure
+        written.append(index)
+
+    with pytest.raises(OutputError) as raised, ChipWriters(threads=2) as writers:
+        for index in range(100):
+            writers.submit(write, index)
+    assert raised.value is failure
+    assert len(written) < 99  # the writes queued behind the failure were dropped
+    assert not [t for t in threading.enumerate() if t.name.startswith("geoseg-chip-write")]
