@@ -6,7 +6,8 @@ own. A second, smaller raster shows whether peak memory grows with raster size.
 
     python benchmarks/tile_throughput.py [--pixels 8000] [--chip 512] [--overlap 64]
 
-Target: geoseg within 1.3x of the plain loop; peak memory independent of raster size.
+Target: geoseg at most 0.8x the plain loop (it writes chips on a second core); peak memory
+independent of raster size. ``gdal_compare.py`` also times it against ``gdal_retile.py``.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def main() -> None:
         print(f"plain rasterio loop : {plain['seconds']:7.2f} s   peak {plain['peak_mb']:7.1f} MB")
         print(f"geoseg tile         : {ours['seconds']:7.2f} s   peak {ours['peak_mb']:7.1f} MB")
         print(
-            f"time ratio geoseg/plain: {ours['seconds'] / plain['seconds']:.2f}x  (target <= 1.3x)"
+            f"time ratio geoseg/plain: {ours['seconds'] / plain['seconds']:.2f}x  (target <= 0.8x)"
         )
         print(
             f"geoseg tile on {small_side}x{small_side}: peak {ours_small['peak_mb']:.1f} MB; "
