@@ -25,13 +25,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch.nn.functional as F
 
 from geoseg.backend import Backend, Capabilities, ChipBatch, resolve_device
-from geoseg.classes import IGNORE_INDEX, ClassMap
+from geoseg.classes import ClassMap
 from geoseg.config import option
 from geoseg.errors import BackendError, BandError, WeightsError
-from geoseg.training import TrainingRun
 from geoseg.weights import refuse_pickles
 from geoseg_segformer.backend import select_bands
 from geoseg_segformer.model import (
@@ -47,7 +45,6 @@ from geoseg_segformer.model import (
     quiet_transformers,
 )
 from geoseg_segformer.options import SegmentationOptions
-from geoseg_segformer.train import SegmentationTask, _running_batch_statistics
 
 log = logging.getLogger(__name__)
 
@@ -79,29 +76,6 @@ def classification_logits(model, pixel_values):
     embeddings interpolated to the chip)."""
     kwargs = {"interpolate_pos_encoding": True} if _interpolates(model) else {}
     return model(pixel_values=pixel_values, **kwargs).logits.float()
-
-
-class ClassificationTask(SegmentationTask):
-    """Fine-tune an image classifier on one class per chip (LoRA or every weight)."""
-
-    model_task = TASK
-    default_checkpoint = DEFAULT_CLASSIFIER
-    learning_rates = CLASSIFIER_LR
-    labels = "chips"
-
-    def training_step(self, model, batch, run: TrainingRun):
-        labels = batch["label"]
-        with _running_batch_statistics(model, single=len(labels) == 1):
-            logits = classification_logits(model, batch["image"])
-        if (labels != IGNORE_INDEX).any():
-            return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
-        return logits.sum() * 0.0
-
-    def validation_step(self, model, batch, run: TrainingRun):
-        labels = batch["label"]
-        logits = classification_logits(model, batch["image"])
-        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="none")
-        return logits.argmax(dim=1), loss
 
 
 @dataclass
@@ -262,4 +236,7 @@ class HFClassifierBackend(Backend):
 
     def training_task(self):
         """Training runs through geoseg's training core with one class per chip."""
+        # Imported here: torch loads only to train, not when the backend is registered.
+        from geoseg_segformer.classify_train import ClassificationTask
+
         return ClassificationTask(self.options)
