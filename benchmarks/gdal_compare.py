@@ -55,7 +55,9 @@ NDWI_THRESHOLD = 0.1
 CHIP, OVERLAP = 512, 64
 TIME_RATIO_TARGET = 0.8
 STARTUP_TARGET_S = 0.3
-GEOSEG = [sys.executable, "-m", "geoseg"]
+#: The interpreter running geoseg (``--python``: another install, e.g. an older commit).
+PYTHON = [sys.executable]
+GEOSEG = [*PYTHON, "-m", "geoseg"]
 #: The embedded NAIP sample: what the start-up target is measured on.
 NAIP_SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "data" / "naip_rgbn_2020.tif"
 
@@ -148,7 +150,9 @@ def run_steps(steps: list[list[str]], log: Path) -> tuple[float, float]:
     with open(log, "a") as errors:
         for cmd in steps:
             launch = [sys.executable, "-I", "-S", "-c", LAUNCHER, str(report), *cmd]
-            done = subprocess.run(launch, stdout=subprocess.DEVNULL, stderr=errors, env=child_env())
+            done = subprocess.run(
+                launch, stdout=subprocess.DEVNULL, stderr=errors, env=child_env(), cwd=log.parent
+            )
             if done.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)} failed; see {log}:\n{log.read_text()[-2000:]}")
             wall, rss_kb = report.read_text().split()
@@ -278,7 +282,7 @@ def startup(scene: Path, work: Path, repeat: int) -> list[tuple[str, float]]:
         for i in range(repeat + 1):
             started = time.perf_counter()
             subprocess.run(
-                [*GEOSEG, *args], check=True, capture_output=True, env=child_env(), timeout=60
+                [*GEOSEG, *args], check=True, capture_output=True, env=child_env(), cwd=work
             )
             if i:
                 runs.append(time.perf_counter() - started)
@@ -286,10 +290,12 @@ def startup(scene: Path, work: Path, repeat: int) -> list[tuple[str, float]]:
     runs = []
     for i in range(repeat + 1):
         out = work / "first_chip.tif"
-        cmd = [sys.executable, "-c", FIRST_CHIP, "predict", str(scene), "-o", str(out)]
+        cmd = [*PYTHON, "-c", FIRST_CHIP, "predict", str(scene), "-o", str(out)]
         cmd += ["--backend", "spectral", "--bands", "naip", "-q", "--overwrite"]
         started = time.time()
-        done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=child_env())
+        done = subprocess.run(
+            cmd, check=True, capture_output=True, text=True, env=child_env(), cwd=work
+        )
         first = float(next(x for x in done.stderr.splitlines() if x.startswith("@@"))[2:])
         if i:
             runs.append(first - started)
@@ -457,7 +463,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="4096 px only, 2 runs")
     parser.add_argument("--sizes", type=int, nargs="+", default=None, metavar="PX")
     parser.add_argument("--repeat", type=int, default=None, help="alternating runs of each")
+    parser.add_argument(
+        "--python",
+        default=None,
+        metavar="COMMAND",
+        help="interpreter (with flags) that runs geoseg, to time another install the same way",
+    )
     args = parser.parse_args()
+    if args.python:
+        PYTHON[:] = args.python.split()
+        GEOSEG[:] = [*PYTHON, "-m", "geoseg"]
     sizes = args.sizes or ([4096] if args.quick else [4096, 12288])
     repeat = args.repeat or (2 if args.quick else 3)
     missing = [tool for tool in GDAL_TOOLS if shutil.which(tool) is None]
