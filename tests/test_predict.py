@@ -206,7 +206,8 @@ def test_wrong_probability_shape_is_a_backend_error(tmp_path):
 
 
 def pipeline_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("geoseg-")]
+    names = ("geoseg-read", "geoseg-stitch", "geoseg-test-")
+    return [t for t in threading.enumerate() if t.name.startswith(names)]
 
 
 def test_backend_runs_on_the_calling_thread_and_the_pipeline_ends_with_the_run(tmp_path):
