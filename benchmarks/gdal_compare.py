@@ -121,9 +121,11 @@ def write_scene(path: Path, size: int, block: int = 1024) -> Path:
 # Running and measuring ----------------------------------------------------------------
 
 
-def child_env() -> dict[str, str]:
+def child_env(geoseg: bool = True) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: bytecode is cached
+    if not geoseg:
+        env.pop("PYTHONPATH", None)  # one set for --python is not the GDAL tools' own
     return env
 
 
@@ -150,8 +152,9 @@ def run_steps(steps: list[list[str]], log: Path) -> tuple[float, float]:
     with open(log, "a") as errors:
         for cmd in steps:
             launch = [sys.executable, "-I", "-S", "-c", LAUNCHER, str(report), *cmd]
+            env = child_env(geoseg=cmd[: len(PYTHON)] == PYTHON)
             done = subprocess.run(
-                launch, stdout=subprocess.DEVNULL, stderr=errors, env=child_env(), cwd=log.parent
+                launch, stdout=subprocess.DEVNULL, stderr=errors, env=env, cwd=log.parent
             )
             if done.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)} failed; see {log}:\n{log.read_text()[-2000:]}")
