@@ -61,10 +61,10 @@ class FixedCost(Backend):
     def capabilities(cls) -> Capabilities:
         return Capabilities(binary=True, classes=("background", "water"), chip_size=512)
 
-    #: Pixels per step: temporaries of a few MB, reused by the allocator, so the cost per
-    #: chip does not depend on what else the process allocated (a whole chip's hidden
-    #: layer is tens of MB, freshly mapped and faulted in each time).
-    STEP = 16384
+    #: Pixels per step: temporaries of a few MB at most, reused by the allocator, so the
+    #: cost per chip does not depend on what else the process allocated (a whole chip's
+    #: hidden layer is tens of MB, freshly mapped and faulted in each time).
+    STEP = 4096
 
     def predict(self, batch: ChipBatch) -> np.ndarray:
         started = time.perf_counter()
