@@ -251,20 +251,33 @@ def tiles_agree(ours: Path, theirs: Path, scene: Path) -> str:
         with rasterio.open(path) as chip:
             col, row = ~origin * (chip.transform.c, chip.transform.f)
             chips[round(row) // step, round(col) // step] = path
-    if len(chips) != len(theirs_files):
-        return f"TILE COUNTS DIFFER ({len(chips)} vs {len(theirs_files)})"
+    empty = 0  # geoseg writes no chip without a valid pixel (in the collar); gdal_retile does
+    for path in theirs_files:
+        with rasterio.open(path) as tile:
+            col, row = ~origin * (tile.transform.c, tile.transform.f)
+            if (round(row) // step, round(col) // step) not in chips:
+                if tile.read().any():
+                    return f"TILE {path.name} HAS VALID PIXELS BUT NO GEOSEG CHIP"
+                empty += 1
+    if len(chips) + empty != len(theirs_files):
+        return f"TILE COUNTS DIFFER ({len(chips)} + {empty} empty vs {len(theirs_files)})"
     sample = theirs_files[:: max(1, len(theirs_files) // 60)]  # every tile on small scenes
     for path in sample:
         with rasterio.open(path) as tile:
             col, row = ~origin * (tile.transform.c, tile.transform.f)
             key = (round(row) // step, round(col) // step)
+            if key not in chips:
+                continue  # all nodata, checked above
             with rasterio.open(chips[key]) as chip:
                 if chip.transform != tile.transform or chip.crs != tile.crs:
                     return f"TILE {path.name} GEOREFERENCED DIFFERENTLY"
                 window = Window(0, 0, tile.width, tile.height)
                 if not np.array_equal(chip.read(window=window), tile.read()):
                     return f"TILE {path.name} PIXELS DIFFER"
-    return f"tiles equal ({len(chips)} tiles, {len(sample)} compared pixel by pixel)"
+    return (
+        f"tiles equal ({len(chips)} tiles, {len(sample)} compared pixel by pixel; "
+        f"{empty} all-nodata tiles of gdal_retile have no chip)"
+    )
 
 
 # Start-up -----------------------------------------------------------------------------
