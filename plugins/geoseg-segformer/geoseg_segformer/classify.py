@@ -33,14 +33,12 @@ from geoseg.errors import BackendError, BandError, WeightsError
 from geoseg.weights import refuse_pickles
 from geoseg_segformer.backend import select_bands
 from geoseg_segformer.model import (
-    RGB,
     SETTINGS_FILE,
     ModelSettings,
     _interpolates,
     _load_adapter,
-    _unique,
+    checkpoint_settings,
     checkpoint_source,
-    image_normalization,
     load_pretrained,
     quiet_transformers,
 )
@@ -110,20 +108,8 @@ def load_classifier(model: str, device: str = "cpu") -> LoadedClassifier:
         chip = (read_manifest(folder) or {}).get("chip_size") or _config_size(net.config)
         return LoadedClassifier(net.to(device).eval(), settings, None, int(chip))
     net = load_pretrained(model, task=TASK)
-    labels = getattr(net.config, "id2label", None) or {}
-    channels = int(getattr(net.config, "num_channels", 3) or 3)
-    names = [str(labels.get(i, f"class_{i}")) for i in range(net.config.num_labels)]
-    mean, std = image_normalization(model, channels)
-    settings = ModelSettings(
-        base_model=model,
-        band_names=RGB if channels == 3 else tuple(f"band{i}" for i in range(1, channels + 1)),
-        classes=ClassMap.from_names(_unique(names)),
-        mean=mean,
-        std=std,
-        lora=False,
-        extra={"task": TASK},
-    )
-    processor = _image_processor(model) if channels == 3 else None
+    settings = checkpoint_settings(model, net, task=TASK)
+    processor = _image_processor(model) if len(settings.band_names) == 3 else None
     return LoadedClassifier(net.to(device).eval(), settings, processor, _config_size(net.config))
 
 

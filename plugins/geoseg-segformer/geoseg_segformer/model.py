@@ -581,19 +581,26 @@ def load_for_prediction(model: str, device: str = "cpu", *, merge: bool = True):
             net = load_pretrained(str(folder))
     else:
         net = load_pretrained(model)
-        labels = getattr(net.config, "id2label", None) or {}
-        channels = int(_config_channels(net.config) or 3)
-        names = [str(labels.get(i, f"class_{i}")) for i in range(len(labels))]
-        mean, std = image_normalization(model, channels)
-        settings = ModelSettings(
-            base_model=model,
-            band_names=RGB if channels == 3 else tuple(f"band{i}" for i in range(1, channels + 1)),
-            classes=ClassMap.from_names(_unique(names)),
-            mean=mean,
-            std=std,
-            lora=False,
-        )
+        settings = checkpoint_settings(model, net)
     return net.to(device).eval(), settings
+
+
+def checkpoint_settings(model: str, net, **extra) -> ModelSettings:
+    """Settings of a checkpoint geoseg did not train: its labels as classes, red, green and
+    blue for a 3-channel input (band1.. otherwise), its image processor's normalisation."""
+    labels = getattr(net.config, "id2label", None) or {}
+    channels = int(_config_channels(net.config) or 3)
+    names = [str(labels.get(i, f"class_{i}")) for i in range(len(labels))]
+    mean, std = image_normalization(model, channels)
+    return ModelSettings(
+        base_model=model,
+        band_names=RGB if channels == 3 else tuple(f"band{i}" for i in range(1, channels + 1)),
+        classes=ClassMap.from_names(_unique(names)),
+        mean=mean,
+        std=std,
+        lora=False,
+        extra=extra,
+    )
 
 
 def _unique(names: list[str]) -> list[str]:
