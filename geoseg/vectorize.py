@@ -17,7 +17,6 @@ import numpy as np
 import shapely
 from affine import Affine
 from rasterio.features import shapes
-from shapely.geometry import shape
 
 from geoseg.atomic import atomic_output
 from geoseg.classes import IGNORE_INDEX, ClassMap
@@ -146,17 +145,18 @@ def _polygonize(dataset, include_background: bool, size: int, progress: Progress
             col0, row0 = int(win.col_off), int(win.row_off)
             col1, row1 = col0 + int(win.width), row0 + int(win.height)
             offset = Affine.translation(col0, row0)
-            for geom, value in shapes(data, mask=keep, transform=offset, connectivity=4):
-                polygon = shape(geom)
-                x0, y0, x1, y1 = polygon.bounds
-                on_seam = (
-                    (x0 <= col0 and col0 > 0)
-                    or (y0 <= row0 and row0 > 0)
-                    or (x1 >= col1 and col1 < width)
-                    or (y1 >= row1 and row1 < height)
-                )
-                (seam_ids if on_seam else ids).append(int(value))
-                (seam_geoms if on_seam else geoms).append(polygon)
+            values, polygons = _polygons(shapes(data, mask=keep, transform=offset, connectivity=4))
+            x0, y0, x1, y1 = shapely.bounds(polygons).T
+            on_seam = (
+                ((x0 <= col0) & (col0 > 0))
+                | ((y0 <= row0) & (row0 > 0))
+                | ((x1 >= col1) & (col1 < width))
+                | ((y1 >= row1) & (row1 < height))
+            )
+            ids += values[~on_seam].tolist()
+            geoms += list(polygons[~on_seam])
+            seam_ids += values[on_seam].tolist()
+            seam_geoms += list(polygons[on_seam])
         if progress is not None:
             progress(n, len(windows))
     seam_ids_arr = np.array(seam_ids, dtype=np.int64)
@@ -168,6 +168,25 @@ def _polygonize(dataset, include_background: bool, size: int, progress: Progress
                 ids.append(int(class_id))
                 geoms.append(polygon)
     return np.array(ids, dtype=np.int64), np.array(geoms, dtype=object)
+
+
+def _polygons(features) -> tuple[np.ndarray, np.ndarray]:
+    """(values, polygons) of rasterio ``shapes`` output, built by shapely in one call: a
+    Python ``shape()`` per polygon took most of the time of a large mask's vectorizing."""
+    values, lengths, ring_owner = [], [], []
+    chunks = []
+    for number, (geom, value) in enumerate(features):
+        values.append(int(value))
+        for ring in geom["coordinates"]:
+            chunks.append(ring)
+            lengths.append(len(ring))
+            ring_owner.append(number)
+    if not values:
+        return np.zeros(0, np.int64), np.zeros(0, dtype=object)
+    coords = np.array([xy for ring in chunks for xy in ring], dtype=np.float64)
+    rings = shapely.linearrings(coords, indices=np.repeat(np.arange(len(lengths)), lengths))
+    polygons = shapely.polygons(rings, indices=np.asarray(ring_owner))
+    return np.asarray(values, dtype=np.int64), polygons
 
 
 def _simplify(geoms: np.ndarray, tolerance_px: float) -> np.ndarray:
