@@ -262,7 +262,9 @@ def write_cog(
         OVERVIEW_RESAMPLING=resampling.upper(),
         RESAMPLING=resampling.upper(),
         BIGTIFF="IF_SAFER",
-        NUM_THREADS="1",
+        # The backend is done when the COG is written: two threads compress its blocks
+        # (the same bytes, about 10% faster on a 4096 px mask; benchmarks/gdal_compare.py).
+        NUM_THREADS="2",
     )
     if predictor:
         options["PREDICTOR"] = "YES"
