@@ -233,11 +233,7 @@ def tile_sources(
         ensure_folder(out_dir)  # raises OutputError naming the file
     if not sources:
         raise OptionError("no source rasters given")
-    classes = (
-        ClassMap.read(settings.classes)
-        if isinstance(settings.classes, (str, Path))
-        else settings.classes
-    )
+    classes = _settings_classes(settings)
     summary = TileSummary(out_dir)
 
     def failed(failure: Failure) -> None:
@@ -397,37 +393,22 @@ def tile_source(
 ) -> SourceTiles:
     """Write the chips of one source already checked by ``tile_sources`` (for workers)."""
     out_dir = Path(out_dir)
-    classes = (
-        ClassMap.read(settings.classes)
-        if isinstance(settings.classes, (str, Path))
-        else settings.classes
-    )
-    source = open_raster(
-        path,
-        settings.bands,
-        dst_crs=settings.dst_crs,
-        resolution=settings.resolution,
-        resampling=settings.resampling,
-    )
-    labels = None
+    entry = _open_checked(path, settings, _settings_classes(settings))
+    source, grid, labels = entry
     try:
-        grid = tile_grid(source, settings.size, settings.overlap)
-        if settings.labels is not None:
-            labels = open_labels(
-                settings.labels,
-                source,
-                field=settings.label_field,
-                classes=classes,
-                unlabeled=settings.unlabeled,
-            )
         labels_dir = out_dir / LABELS_DIR if settings.labels else None
         return _tile_opened(
             source, grid, labels, out_dir / IMAGES_DIR, labels_dir, settings, progress
         )
     finally:
-        if labels is not None:
-            labels.close()
-        source.close()
+        _close(entry)
+
+
+def _settings_classes(settings: TileSettings) -> ClassMap | None:
+    """The classes ``--classes`` gives: a ClassMap, or read from its JSON file."""
+    if isinstance(settings.classes, (str, Path)):
+        return ClassMap.read(settings.classes)
+    return settings.classes
 
 
 def _tile_opened(
@@ -472,10 +453,8 @@ def _tile_opened(
 def _chip_labeller(source: RasterSource, labels, settings: TileSettings):
     """``chip_class(label_ids)`` for the chips of one source: None without chip labels."""
     if settings.class_folders:
-        classes = settings.classes
+        classes = _settings_classes(settings)
         folder = Path(source.path).parent.name
-        if not isinstance(classes, ClassMap):
-            classes = ClassMap.read(classes)
         class_id = classes.id_of(folder, source=f"{source.path} (class folder {folder!r})")
         return lambda label_ids: class_id
     if settings.chip_labels is None:
