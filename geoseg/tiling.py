@@ -685,12 +685,12 @@ def _assign_splits(chips: list[ChipEntry], settings: TileSettings) -> None:
 
 
 def _write_tiles(summary: TileSummary, out_dir: Path, classes: ClassMap | None = None) -> None:
-    """Footprints in tiles.gpkg, written with pyogrio's raw writer (no pandas import)."""
+    """Footprints in tiles.gpkg (``geoseg.gpkg``: no pandas import)."""
     import shapely
-    from pyogrio.raw import write
     from rasterio.warp import transform_geom
 
-    from geoseg.styles import GPKG_OPTIONS, write_tiles_style
+    from geoseg.gpkg import FeatureWriter
+    from geoseg.styles import write_tiles_style
 
     chips = summary.chips
     crs = chips[0].tile.crs if chips else None
@@ -703,40 +703,30 @@ def _write_tiles(summary: TileSummary, out_dir: Path, classes: ClassMap | None =
             )
         geometries.append(footprint)
     fields = {
-        "chip": np.array([e.chip for e in chips], dtype=object),
-        "label": np.array([e.label for e in chips], dtype=object),
-        "source": np.array([e.source for e in chips], dtype=object),
-        "row": np.array([e.row for e in chips], dtype=np.int32),
-        "col": np.array([e.col for e in chips], dtype=np.int32),
-        "valid_fraction": np.array([e.valid_fraction for e in chips], dtype=np.float64),
-        "split": np.array([e.split for e in chips], dtype=object),
-        "crs": np.array(
-            [e.tile.crs.to_string() if e.tile.crs else None for e in chips], dtype=object
-        ),
+        "chip": [e.chip for e in chips],
+        "label": [e.label for e in chips],
+        "source": [e.source for e in chips],
+        "row": [e.row for e in chips],
+        "col": [e.col for e in chips],
+        "valid_fraction": [e.valid_fraction for e in chips],
+        "split": [e.split for e in chips],
+        "crs": [e.tile.crs.to_string() if e.tile.crs else None for e in chips],
     }
-    masks: list[np.ndarray | None] = [None] * len(fields)
+    types = dict.fromkeys(fields, "str") | {
+        "row": "int32",
+        "col": "int32",
+        "valid_fraction": "float64",
+    }
     if any(e.chip_class is not None for e in chips):
         # One class per chip (--chip-labels, --class-folders); empty for a chip without one.
         names = {c.id: c.name for c in classes} if classes is not None else {}
         ids = [e.chip_class for e in chips]
-        fields["chip_class"] = np.array([-1 if i is None else i for i in ids], dtype=np.int32)
-        fields["chip_class_name"] = np.array(
-            [None if i is None else names.get(i, str(i)) for i in ids], dtype=object
-        )
-        masks += [np.array([i is None for i in ids]), None]
+        fields["chip_class"] = ids
+        fields["chip_class_name"] = [None if i is None else names.get(i, str(i)) for i in ids]
+        types |= {"chip_class": "int32", "chip_class_name": "str"}
     with atomic_output(out_dir / TILES_FILE) as tmp:
-        write(
-            tmp,
-            geometry=shapely.to_wkb(np.array(geometries, dtype=object)),
-            field_data=list(fields.values()),
-            fields=list(fields),
-            field_mask=masks,
-            crs=crs.to_wkt() if crs is not None else None,
-            geometry_type="Polygon",
-            driver="GPKG",
-            layer=TILES_LAYER,
-            dataset_options=GPKG_OPTIONS,
-        )
+        with FeatureWriter(tmp, TILES_LAYER, crs=crs, fields=types) as layer:
+            layer.add(np.array(geometries, dtype=object), **fields)
         write_tiles_style(tmp, TILES_LAYER, sorted({e.split for e in chips}))
 
 

@@ -12,7 +12,6 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-import geopandas as gpd
 import numpy as np
 import shapely
 from affine import Affine
@@ -21,8 +20,9 @@ from rasterio.features import shapes
 from geoseg.atomic import atomic_output
 from geoseg.classes import IGNORE_INDEX, ClassMap
 from geoseg.errors import InputFileError, OptionError
+from geoseg.gpkg import FeatureWriter
 from geoseg.raster import open_dataset, read_errors
-from geoseg.styles import GPKG_OPTIONS, read_class_metadata, write_vector_style
+from geoseg.styles import read_class_metadata, write_vector_style
 from geoseg.windows import block_windows
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 LAYER = "classes"
 #: Side of the square windows the mask is polygonized in (pixels).
 WINDOW = 2048
+#: The polygons' attributes and their types.
+FIELDS = {"class_id": "int32", "class_name": "str", "area_m2": "float64", "perimeter_m": "float64"}
 
 Progress = Callable[[int, int], None]
 
@@ -55,7 +57,10 @@ def vectorize_mask(
     background (named ``background``, or unnamed) unless ``include_background``, so a
     land-cover class 0 such as ``other`` keeps its polygons. ``classes`` defaults to the
     classes in the mask's tags.
-    Polygons are in the mask's CRS.
+    Polygons are in the mask's CRS, stored by class and then largest first. They are
+    written window by window: only the polygons that reach a window seam wait in memory
+    for their neighbours (all of them with ``simplify``, which simplifies the whole
+    coverage at once).
     """
     if min_area < 0:
         raise OptionError(f"--min-area must be >= 0 square metres, got {min_area}")
@@ -65,50 +70,84 @@ def vectorize_mask(
     with open_dataset(mask_path, what="mask raster") as dataset:
         _check_mask(dataset)
         classes = classes or read_class_metadata(dataset)
-        transform, crs = dataset.transform, dataset.crs
-        pixel_m = _pixel_size_m(dataset)
         skip_zero = not include_background and _zero_is_background(classes)
-        with read_errors(mask_path):
-            ids, pixel_geoms = _polygonize(dataset, not skip_zero, window, progress)
-    if classes is None:
-        classes = ClassMap.from_ids(set(ids.tolist()) | {0})
-    else:
-        classes = classes.with_ids(ids.tolist())
-    pixel_area_m2 = pixel_m[0] * pixel_m[1]
-    if min_area > 0 and len(pixel_geoms):
-        keep = shapely.area(pixel_geoms) * pixel_area_m2 >= min_area
-        ids, pixel_geoms = ids[keep], pixel_geoms[keep]
-    if simplify > 0 and len(pixel_geoms):
-        pixel_geoms = _simplify(pixel_geoms, simplify / min(pixel_m))
-        keep = ~shapely.is_empty(pixel_geoms)
-        ids, pixel_geoms = ids[keep], pixel_geoms[keep]
-    geoms = shapely.transform(pixel_geoms, lambda xy: _apply(transform, xy))
-    frame = gpd.GeoDataFrame(
-        {
-            "class_id": ids.astype("int32"),
-            "class_name": [classes.by_id(int(i)).name for i in ids],
-        },
-        geometry=gpd.GeoSeries(geoms, crs=crs),
-    )
-    area, perimeter = _metric_measures(frame.geometry, _linear_factor(crs))
-    frame["area_m2"] = area
-    frame["perimeter_m"] = perimeter
-    if min_area > 0:
-        frame = frame[frame["area_m2"] >= min_area]
-    frame = frame.sort_values(["class_id", "area_m2"], ascending=[True, False])
-    frame = frame.reset_index(drop=True)
-    with atomic_output(out_gpkg) as tmp:
-        frame.to_file(
-            tmp,
-            layer=LAYER,
-            driver="GPKG",
-            engine="pyogrio",
-            geometry_type="Polygon",
-            dataset_options=GPKG_OPTIONS,
-        )
-        write_vector_style(tmp, LAYER, classes)
-    log.info("%s: %d polygons", out_gpkg, len(frame))
+        measure = _Measures(dataset)
+        seen: set[int] = set()
+        with atomic_output(out_gpkg) as tmp:
+            with FeatureWriter(
+                tmp, LAYER, crs=dataset.crs, fields=FIELDS, order_by=("class_id", "area_m2 DESC")
+            ) as layer:
+
+                def write(ids: np.ndarray, pixel_geoms: np.ndarray) -> None:
+                    ids, geoms, area, perimeter = measure(ids, pixel_geoms, min_area, simplify)
+                    found = set(ids.tolist())
+                    seen.update(found)
+                    named = classes.with_ids(found) if classes else ClassMap.from_ids(found)
+                    names = {i: named.by_id(i).name for i in found}
+                    layer.add(
+                        geoms,
+                        class_id=ids,
+                        class_name=[names[i] for i in ids.tolist()],
+                        area_m2=area,
+                        perimeter_m=perimeter,
+                    )
+
+                with read_errors(mask_path):
+                    count = _polygonize(
+                        dataset, not skip_zero, window, progress, write, whole=simplify > 0
+                    )
+            style = classes.with_ids(seen) if classes else ClassMap.from_ids(seen | {0})
+            write_vector_style(tmp, LAYER, style)
+    log.info("%s: %d polygons", out_gpkg, count)
     return out_gpkg
+
+
+class _Measures:
+    """Polygons of one mask from pixel to CRS coordinates, with their areas and perimeters."""
+
+    def __init__(self, dataset) -> None:
+        self.transform = dataset.transform
+        width_m, height_m = _pixel_size_m(dataset)
+        self.pixel_area_m2, self.pixel_m = width_m * height_m, min(width_m, height_m)
+        self.factor = _linear_factor(dataset.crs)
+        self.to_metric = None if self.factor is not None else _utm_transformer(dataset)
+
+    def __call__(self, ids: np.ndarray, pixel_geoms: np.ndarray, min_area: float, simplify: float):
+        """(ids, polygons, areas m2, perimeters m) of those kept by ``min_area``."""
+        if min_area > 0 and len(pixel_geoms):
+            keep = shapely.area(pixel_geoms) * self.pixel_area_m2 >= min_area
+            ids, pixel_geoms = ids[keep], pixel_geoms[keep]
+        if simplify > 0 and len(pixel_geoms):
+            pixel_geoms = _simplify(pixel_geoms, simplify / self.pixel_m)
+            keep = ~shapely.is_empty(pixel_geoms)
+            ids, pixel_geoms = ids[keep], pixel_geoms[keep]
+        geoms = shapely.transform(pixel_geoms, lambda xy: _apply(self.transform, xy))
+        if self.to_metric is None:
+            area, perimeter = (
+                shapely.area(geoms) * self.factor**2,
+                shapely.length(geoms) * self.factor,
+            )
+        else:
+            metric = shapely.transform(geoms, self.to_metric)
+            area, perimeter = shapely.area(metric), shapely.length(metric)
+        if min_area > 0:
+            keep = area >= min_area
+            ids, geoms, area, perimeter = ids[keep], geoms[keep], area[keep], perimeter[keep]
+        return ids, geoms, area, perimeter
+
+
+def _utm_transformer(dataset):
+    """From a geographic mask's CRS to the UTM zone of its centre, as an (n, 2) function."""
+    from pyproj import CRS, Transformer
+    from pyproj.aoi import AreaOfInterest
+    from pyproj.database import query_utm_crs_info
+    from rasterio.warp import transform_bounds
+
+    west, south, east, north = transform_bounds(dataset.crs, "EPSG:4326", *dataset.bounds)
+    area = AreaOfInterest(west, south, east, north)
+    utm = CRS.from_epsg(query_utm_crs_info(datum_name="WGS 84", area_of_interest=area)[0].code)
+    transformer = Transformer.from_crs(CRS.from_wkt(dataset.crs.to_wkt()), utm, always_xy=True)
+    return lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1]))
 
 
 def _zero_is_background(classes: ClassMap | None) -> bool:
@@ -128,14 +167,26 @@ def _check_mask(dataset) -> None:
         raise InputFileError(f"{dataset.name}: mask has no CRS; polygons would have no location")
 
 
-def _polygonize(dataset, include_background: bool, size: int, progress: Progress | None):
-    """(class ids, polygons in pixel coordinates of the whole mask), seams dissolved."""
+def _polygonize(
+    dataset,
+    include_background: bool,
+    size: int,
+    progress: Progress | None,
+    write: Callable[[np.ndarray, np.ndarray], None],
+    *,
+    whole: bool = False,
+) -> int:
+    """Pass each window's polygons (class ids, polygons in pixel coordinates of the whole
+    mask) to ``write`` as they are found, and those that reach a window seam once they
+    are dissolved with their neighbours; all of them in one call with ``whole``. Returns
+    how many polygons were written."""
     width, height = dataset.width, dataset.height
     windows = list(block_windows(width, height, size))
-    ids: list[int] = []
-    geoms: list = []
-    seam_ids: list[int] = []
-    seam_geoms: list = []
+    inner_ids: list[np.ndarray] = []  # with ``whole``: every window's inner polygons
+    inner: list[np.ndarray] = []
+    seam_ids: list[np.ndarray] = []
+    seams: list[np.ndarray] = []
+    count = 0
     for n, win in enumerate(windows, start=1):
         data = dataset.read(1, window=win)
         keep = data != IGNORE_INDEX
@@ -153,21 +204,31 @@ def _polygonize(dataset, include_background: bool, size: int, progress: Progress
                 | ((x1 >= col1) & (col1 < width))
                 | ((y1 >= row1) & (row1 < height))
             )
-            ids += values[~on_seam].tolist()
-            geoms += list(polygons[~on_seam])
-            seam_ids += values[on_seam].tolist()
-            seam_geoms += list(polygons[on_seam])
+            if whole:
+                inner_ids.append(values[~on_seam])
+                inner.append(polygons[~on_seam])
+            elif not on_seam.all():
+                write(values[~on_seam], polygons[~on_seam])
+                count += int((~on_seam).sum())
+            seam_ids.append(values[on_seam])
+            seams.append(polygons[on_seam])
         if progress is not None:
             progress(n, len(windows))
-    seam_ids_arr = np.array(seam_ids, dtype=np.int64)
-    for class_id in np.unique(seam_ids_arr):
-        parts = np.array(seam_geoms, dtype=object)[seam_ids_arr == class_id]
-        merged = shapely.get_parts(shapely.union_all(parts))
-        for polygon in merged:
-            if isinstance(polygon, shapely.Polygon) and not polygon.is_empty:
-                ids.append(int(class_id))
-                geoms.append(polygon)
-    return np.array(ids, dtype=np.int64), np.array(geoms, dtype=object)
+    ids = np.concatenate(seam_ids) if seam_ids else np.zeros(0, np.int64)
+    parts = np.concatenate(seams) if seams else np.zeros(0, dtype=object)
+    del seams
+    for class_id in np.unique(ids):
+        merged = shapely.get_parts(shapely.union_all(parts[ids == class_id]))
+        merged = merged[~shapely.is_empty(merged)]
+        merged = merged[shapely.get_type_id(merged) == shapely.GeometryType.POLYGON]
+        inner_ids.append(np.full(len(merged), class_id, dtype=np.int64))
+        inner.append(merged)
+    if inner:
+        ids, polygons = np.concatenate(inner_ids), np.concatenate(inner)
+        if len(polygons):
+            write(ids, polygons)
+            count += len(polygons)
+    return count
 
 
 def _polygons(features) -> tuple[np.ndarray, np.ndarray]:
@@ -218,13 +279,3 @@ def _linear_factor(crs) -> float | None:
     if crs.is_geographic:
         return None
     return crs.linear_units_factor[1] if crs.is_projected else 1.0
-
-
-def _metric_measures(geoms: gpd.GeoSeries, factor: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """Areas (m2) and perimeters (m) of polygons; on a UTM copy when the CRS is geographic."""
-    if len(geoms) == 0:
-        return np.zeros(0), np.zeros(0)
-    if factor is None:
-        metric = geoms.to_crs(geoms.estimate_utm_crs())
-        return metric.area.to_numpy(), metric.length.to_numpy()
-    return geoms.area.to_numpy() * factor**2, geoms.length.to_numpy() * factor

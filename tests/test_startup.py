@@ -107,3 +107,17 @@ def test_importing_geoseg_loads_neither_rasterio_nor_numpy():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.split() == ["[]", "True", "True"]
+
+
+def test_tile_and_vector_outputs_import_neither_pandas_nor_geopandas(tmp_path):
+    # Footprints and polygons go through geoseg.gpkg (SQLite): pyogrio's import alone pulls
+    # in geopandas and pandas, a quarter of a second of every tile or vectorize command.
+    chips = tmp_path / "chips"
+    loaded = loaded_after("tile", str(EXAMPLE_NAIP), "-o", str(chips), "--bands", "naip", "-q")
+    assert (chips / "tiles.gpkg").is_file()
+    assert loaded == ["shapely"]
+    mask, polygons = tmp_path / "water.tif", tmp_path / "water.gpkg"
+    args = ["predict", str(EXAMPLE_NAIP), "-o", str(mask), "--backend", "spectral"]
+    loaded = loaded_after(*args, "--bands", "naip", "--vector", str(polygons), "-q")
+    assert polygons.is_file()
+    assert loaded == ["shapely"]
