@@ -2,7 +2,8 @@
 
 The mask is polygonized window by window in pixel coordinates (whole numbers, so
 polygons of neighbouring windows share their edges exactly). Polygons that reach a
-window seam are dissolved per class afterwards, so a lake crossing seams is one polygon.
+window seam are dissolved per class afterwards, so a lake crossing seams is one polygon;
+the others go to the file (``geoseg.gpkg``) as soon as their window is done.
 Pixels touching only at a corner are separate polygons (4-connectivity).
 """
 
@@ -73,16 +74,18 @@ def vectorize_mask(
         skip_zero = not include_background and _zero_is_background(classes)
         measure = _Measures(dataset)
         seen: set[int] = set()
+        written = 0
         with atomic_output(out_gpkg) as tmp:
             with FeatureWriter(
                 tmp, LAYER, crs=dataset.crs, fields=FIELDS, order_by=("class_id", "area_m2 DESC")
             ) as layer:
 
                 def write(ids: np.ndarray, pixel_geoms: np.ndarray) -> None:
+                    nonlocal written
                     ids, geoms, area, perimeter = measure(ids, pixel_geoms, min_area, simplify)
                     found = set(ids.tolist())
                     seen.update(found)
-                    named = classes.with_ids(found) if classes else ClassMap.from_ids(found)
+                    named = ClassMap.from_ids(found) if classes is None else classes.with_ids(found)
                     names = {i: named.by_id(i).name for i in found}
                     layer.add(
                         geoms,
@@ -91,14 +94,13 @@ def vectorize_mask(
                         area_m2=area,
                         perimeter_m=perimeter,
                     )
+                    written += len(ids)
 
                 with read_errors(mask_path):
-                    count = _polygonize(
-                        dataset, not skip_zero, window, progress, write, whole=simplify > 0
-                    )
-            style = classes.with_ids(seen) if classes else ClassMap.from_ids(seen | {0})
+                    _polygonize(dataset, not skip_zero, window, progress, write, whole=simplify > 0)
+            style = ClassMap.from_ids(seen | {0}) if classes is None else classes.with_ids(seen)
             write_vector_style(tmp, LAYER, style)
-    log.info("%s: %d polygons", out_gpkg, count)
+    log.info("%s: %d polygons", out_gpkg, written)
     return out_gpkg
 
 
@@ -137,7 +139,8 @@ class _Measures:
 
 
 def _utm_transformer(dataset):
-    """From a geographic mask's CRS to the UTM zone of its centre, as an (n, 2) function."""
+    """From a geographic mask's CRS to a UTM zone covering it (the first, as geopandas'
+    ``estimate_utm_crs`` picks), as a function of (n, 2) coordinates."""
     from pyproj import CRS, Transformer
     from pyproj.aoi import AreaOfInterest
     from pyproj.database import query_utm_crs_info
@@ -175,18 +178,16 @@ def _polygonize(
     write: Callable[[np.ndarray, np.ndarray], None],
     *,
     whole: bool = False,
-) -> int:
+) -> None:
     """Pass each window's polygons (class ids, polygons in pixel coordinates of the whole
     mask) to ``write`` as they are found, and those that reach a window seam once they
-    are dissolved with their neighbours; all of them in one call with ``whole``. Returns
-    how many polygons were written."""
+    are dissolved with their neighbours; all of them in one call with ``whole``."""
     width, height = dataset.width, dataset.height
     windows = list(block_windows(width, height, size))
     inner_ids: list[np.ndarray] = []  # with ``whole``: every window's inner polygons
     inner: list[np.ndarray] = []
     seam_ids: list[np.ndarray] = []
     seams: list[np.ndarray] = []
-    count = 0
     for n, win in enumerate(windows, start=1):
         data = dataset.read(1, window=win)
         keep = data != IGNORE_INDEX
@@ -209,7 +210,6 @@ def _polygonize(
                 inner.append(polygons[~on_seam])
             elif not on_seam.all():
                 write(values[~on_seam], polygons[~on_seam])
-                count += int((~on_seam).sum())
             seam_ids.append(values[on_seam])
             seams.append(polygons[on_seam])
         if progress is not None:
@@ -227,8 +227,6 @@ def _polygonize(
         ids, polygons = np.concatenate(inner_ids), np.concatenate(inner)
         if len(polygons):
             write(ids, polygons)
-            count += len(polygons)
-    return count
 
 
 def _polygons(features) -> tuple[np.ndarray, np.ndarray]:
