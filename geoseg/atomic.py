@@ -119,7 +119,7 @@ def write_errors(path: str | Path, temporaries=()) -> Iterator[None]:
 def write_failure(path: Path, exc: BaseException, temporaries=()) -> OutputError | None:
     """The ``OutputError`` for a failed write of ``path``, or None if writing was not the cause."""
     if isinstance(exc, IncompleteOutputError):
-        cause = _probe_cause(path, temporaries)
+        cause = probe_cause(path, temporaries)
         return _failed(path, cause) if cause is not None else exc
     if isinstance(exc, OutputError):
         return exc
@@ -130,7 +130,7 @@ def write_failure(path: Path, exc: BaseException, temporaries=()) -> OutputError
         text = str(exc)
         cause = next((code for code in WRITE_FAILURES if os.strerror(code) in text), None)
     if cause is None:
-        cause = _probe_cause(path, temporaries)
+        cause = probe_cause(path, temporaries)
     if cause is None:
         return None
     return _failed(path, cause)
@@ -140,7 +140,9 @@ def _failed(path: Path, cause: int) -> OutputError:
     return OutputError(f"{path}: cannot write ({os.strerror(cause)}); {WRITE_FAILURES[cause]}")
 
 
-def _probe_cause(path: Path, temporaries) -> int | None:
+def probe_cause(path: Path, temporaries) -> int | None:
+    """The errno of what stops writes to ``path`` (from ``temporaries``): a full disk, the
+    process's file size limit, a folder that is not writable; None when none of them."""
     folder = path.parent
     with contextlib.suppress(OSError):
         stats = os.statvfs(folder)

@@ -20,6 +20,7 @@ back every field, geometry and the CRS, and that QGIS renders them.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import shapely
 
+from geoseg.atomic import probe_cause
 from geoseg.styles import GPKG_VERSION
 
 __all__ = ["FIELD_TYPES", "FeatureWriter"]
@@ -173,47 +175,54 @@ class FeatureWriter:
         self.order_by = tuple(order_by)
         self.count = 0
         self._extent = [np.inf, np.inf, -np.inf, -np.inf]  # min x, min y, max x, max y
-        if self.path.exists():
-            self.path.unlink()  # a new file: a scratch name left by a killed run
+        self._staging = self.path.with_name(self.path.name + ".staging") if self.order_by else None
+        self._closed = False
+        for scratch in (self.path, self._staging):
+            if scratch is not None:
+                scratch.unlink(missing_ok=True)  # a new file: a name left by a killed run
         self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode = OFF")  # a new file; atomic_output keeps it
-        self._db.execute("PRAGMA synchronous = OFF")  # safe, and syncs it once at the end
-        self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-        self._db.execute(f"PRAGMA user_version = {USER_VERSION}")
-        self._staging = None
-        if self.order_by:
-            self._staging = self.path.with_name(self.path.name + ".staging")
-            self._staging.unlink(missing_ok=True)
-            self._db.execute("ATTACH DATABASE ? AS staging", (str(self._staging),))
-            self._db.execute("PRAGMA staging.journal_mode = OFF")
-            self._db.execute("PRAGMA staging.synchronous = OFF")
-        self._db.execute("BEGIN")
+        try:
+            self._create(crs)
+        except BaseException:
+            self._release()
+            raise
+
+    def _create(self, crs) -> None:
+        db = self._db
+        db.execute("PRAGMA journal_mode = OFF")  # a new file; atomic_output keeps it
+        db.execute("PRAGMA synchronous = OFF")  # safe, and syncs it once at the end
+        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        db.execute(f"PRAGMA user_version = {USER_VERSION}")
+        if self._staging is not None:
+            db.execute("ATTACH DATABASE ? AS staging", (str(self._staging),))
+            db.execute("PRAGMA staging.journal_mode = OFF")
+            db.execute("PRAGMA staging.synchronous = OFF")
+        db.execute("BEGIN")
         for statement in _SCHEMA:
-            self._db.execute(statement)
-        self._db.executemany(
-            "INSERT INTO gpkg_spatial_ref_sys VALUES (?, ?, ?, ?, ?, ?)", _BASE_SRS
-        )
+            db.execute(statement)
+        db.executemany("INSERT INTO gpkg_spatial_ref_sys VALUES (?, ?, ?, ?, ?, ?)", _BASE_SRS)
         self.srs_id = self._add_srs(crs)
         columns = ", ".join(f'"{name}" {FIELD_TYPES[kind]}' for name, kind in self.fields.items())
-        self._db.execute(
-            f'CREATE TABLE "{layer}" ( "fid" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, '
+        db.execute(
+            f'CREATE TABLE "{self.layer}" ( "fid" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, '
             f'"{GEOMETRY_COLUMN}" {self.geometry_type}' + (f", {columns})" if columns else ")")
         )
-        self._db.execute(
-            f'CREATE VIRTUAL TABLE "{self._rtree}" USING rtree(id, minx, maxx, miny, maxy)'
-        )
+        db.execute(f'CREATE VIRTUAL TABLE "{self._rtree}" USING rtree(id, minx, maxx, miny, maxy)')
         if self._staging is not None:
-            self._db.execute(
+            db.execute(
                 "CREATE TABLE staging.features (minx, maxx, miny, maxy, geom"
                 + "".join(f', "{name}"' for name in self.fields)
                 + ")"
             )
-        self._closed = False
 
     # Adding features ------------------------------------------------------------------
 
     def add(self, geometries, **columns) -> None:
         """Append features: shapely ``geometries`` and one array or list per field."""
+        with self._write_errors():
+            self._add(geometries, columns)
+
+    def _add(self, geometries, columns: dict) -> None:
         geometries = np.asarray(geometries, dtype=object)
         if set(columns) != set(self.fields):
             raise ValueError(f"columns {sorted(columns)}, the layer has {sorted(self.fields)}")
@@ -265,6 +274,25 @@ class FeatureWriter:
         """Finish the file: features in order, extent, spatial index, triggers, counts."""
         if self._closed:
             return
+        try:
+            with self._write_errors():
+                self._finish()
+        finally:
+            self._release()
+
+    @contextlib.contextmanager
+    def _write_errors(self):
+        """SQLite says only "disk I/O error" or "database or disk is full": an ``OSError``
+        of the cause (full disk, file size limit) instead, for ``atomic_output`` to name."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            cause = probe_cause(self.path, [p for p in (self.path, self._staging) if p])
+            if cause is None:
+                raise
+            raise OSError(cause, os.strerror(cause), str(self.path)) from exc
+
+    def _finish(self) -> None:
         db, layer = self._db, self.layer
         if self._staging is not None:
             order = ", ".join([*self.order_by, "rowid"])
@@ -298,7 +326,6 @@ class FeatureWriter:
         for trigger in (*_RTREE_TRIGGERS, *_COUNT_TRIGGERS):
             db.execute(trigger.format(t=layer, i=self._rtree))
         db.execute("COMMIT")
-        self._release()
 
     def _release(self) -> None:
         self._closed = True

@@ -151,6 +151,7 @@ def data(tmp_path_factory):
         "small": small,
         "mask": pixels(reference / "mask.tif"),
         "mask_bytes": (reference / "mask.tif").stat().st_size,
+        "reference_mask": reference / "mask.tif",
         "chips": chip_set(reference / "chips"),
     }
 
@@ -209,6 +210,25 @@ def test_tile_on_a_full_disk_leaves_only_complete_chips_and_a_rerun_completes(da
     assert again.returncode == 0, again.stderr
     assert f"{len(written)} already complete" in again.stdout
     assert same_chip_set(chip_set(out), data["chips"])
+
+
+def test_vectorize_on_a_full_disk_says_so_leaves_nothing_and_a_rerun_completes(data, tmp_path):
+    # The polygons stream into the GeoPackage (and a scratch file to sort them) window by
+    # window: the limit cuts the write midway, where SQLite says only "disk I/O error".
+    mask, out = data["reference_mask"], tmp_path / "out" / "water.gpkg"
+    whole = geoseg("vectorize", mask, "-o", tmp_path / "whole.gpkg", "-q")
+    assert whole.returncode == 0, whole.stderr
+    size = (tmp_path / "whole.gpkg").stat().st_size
+    failed = geoseg("vectorize", mask, "-o", out, "-q", fsize=size // 2)
+    assert failed.returncode == 2, failed.stderr
+    (line,) = stderr_lines(failed)
+    assert str(out) in line and "File too large" in line
+    assert not out.exists() and hidden(out.parent) == []
+    again = geoseg("vectorize", mask, "-o", out, "-q")
+    assert again.returncode == 0, again.stderr
+    a = pyogrio.read_dataframe(out, layer="classes")
+    b = pyogrio.read_dataframe(tmp_path / "whole.gpkg", layer="classes")
+    assert len(a) == len(b) > 0 and a["area_m2"].sum() == pytest.approx(b["area_m2"].sum())
 
 
 def test_damaged_outputs_under_final_names_are_redone_not_skipped(data, tmp_path):

@@ -164,3 +164,14 @@ def test_bad_names_and_columns_are_refused(tmp_path):
             layer.add(squares(1), b=[1])
         with pytest.raises(ValueError, match="one value per geometry"):
             layer.add(squares(2), a=[1])
+
+
+def test_a_failed_write_leaves_no_scratch_file(tmp_path):
+    path = tmp_path / "f.gpkg"
+    with (
+        pytest.raises(RuntimeError),
+        FeatureWriter(path, "things", crs=None, fields=FIELDS, order_by=("n",)) as layer,
+    ):
+        layer.add(squares(3), **columns(3))
+        raise RuntimeError("the mask could not be read")
+    assert not path.with_name("f.gpkg.staging").exists()
