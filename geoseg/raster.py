@@ -129,8 +129,11 @@ def open_dataset(path: str | Path, *, what: str = "raster", resolved=None):
     path = check_readable(path, what=what)
     if resolved is None:
         resolved = sources.resolve(path)
+    # GDAL decides at open whether a file gets a cache of fetched ranges: remote ones only.
+    settings = sources.remote_open_settings() if resolved.remote else {}
     try:
-        dataset = rasterio.open(resolved.path)
+        with rasterio.Env(**settings) if settings else contextlib.nullcontext():
+            dataset = rasterio.open(resolved.path)
     except RasterioIOError as exc:
         raise gdal_failure(path, exc, what=what) from None
     try:
