@@ -12,12 +12,14 @@ _FOOTER = """
 import json as _json, sys as _sys, time as _time
 _seconds = _time.perf_counter() - _t0
 _hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
-_sys.stdout.write("\\n@@" + _json.dumps({"seconds": _seconds, "peak_mb": int(_hwm) / 1024}) + "\\n")
+_result = {"seconds": _seconds, "peak_mb": int(_hwm) / 1024, **globals().get("_extra", {})}
+_sys.stdout.write("\\n@@" + _json.dumps(_result) + "\\n")
 """
 
 
 def measure(code: str) -> dict[str, float]:
-    """Wall seconds (of ``code`` alone, imports before it excluded) and peak RSS in MB."""
+    """Wall seconds (of ``code`` alone, imports before it excluded) and peak RSS in MB,
+    with the entries of a dict ``_extra`` that ``code`` leaves, if any."""
     script = "import time as _time\n" + textwrap.dedent(code).replace(
         "# --- start ---", "_t0 = _time.perf_counter()"
     )

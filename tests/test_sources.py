@@ -332,6 +332,37 @@ def test_a_chip_of_a_large_remote_cog_fetches_a_small_part_of_it(remote):
     assert served < size / 10
 
 
+def _resident_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
+def test_a_local_raster_read_under_the_cli_settings_is_not_held_in_memory(tmp_path, monkeypatch):
+    # The remote file cache is per open file and would keep the bytes read (32 MB here,
+    # incompressible) for as long as the raster is open; the page cache has them already.
+    monkeypatch.delenv("VSI_CACHE", raising=False)
+    path = tmp_path / "noise.tif"
+    profile = dict(driver="GTiff", width=4096, height=4096, count=1, dtype="uint16")
+    profile.update(tiled=True, blockxsize=512, blockysize=512, crs=CRS)
+    profile.update(transform=Affine(10, 0, 500000, 0, -10, 6000000))
+    noise = np.random.default_rng(17).integers(1, 60000, (4096, 4096)).astype("uint16")
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(noise, 1)
+    del noise
+    settings = {**sources.GDAL_HTTP_DEFAULTS, "GDAL_CACHEMAX": 1 << 20}
+    with rasterio.Env(**settings), open_raster(path) as source:
+        before = _resident_mb()
+        for row in range(0, 4096, 512):
+            for col in range(0, 4096, 512):
+                source.read(Window(col, row, 512, 512))
+        grown = _resident_mb() - before
+    assert grown < 12, f"reading a 32 MB local raster kept {grown:.0f} MB resident"
+    assert "VSI_CACHE" in sources.remote_open_settings()
+    monkeypatch.setenv("VSI_CACHE", "FALSE")
+    assert "VSI_CACHE" not in sources.remote_open_settings()  # the environment wins
+
+
 @requires_samples()
 def test_predict_a_url_gives_the_local_mask_named_after_the_file(remote, tmp_path, invoke):
     url = f"{remote.url}/naip_chip.tif"
