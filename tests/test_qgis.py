@@ -80,6 +80,9 @@ def qgis_env(home: Path | None = None) -> dict[str, str]:
         "LANG": "C.UTF-8",
         "XDG_RUNTIME_DIR": str(runtime),
         "QT_QPA_PLATFORM": "offscreen",
+        # QGIS saves the statistics of a raster it shows in an .aux.xml beside it: the
+        # shared samples are inputs and stay as they are.
+        "GDAL_PAM_ENABLED": "NO",
     }
 
 
